@@ -1,0 +1,3 @@
+"""fpt — fingerprints of generative models."""
+
+__version__ = "0.1.0"

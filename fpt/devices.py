@@ -1,0 +1,50 @@
+"""Device and thread selection, shared by every command that runs a network."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from fpt.errors import ConfigError
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """Resolve ``auto|cpu|cuda|cuda:N|mps`` to a ``torch.device``; auto prefers CUDA."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{name}' requested but CUDA is not available", hint="use --device cpu or auto")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device '{name}' does not exist ({torch.cuda.device_count()} CUDA devices)")
+        return dev
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device 'mps' requested but not available", hint="use --device cpu or auto")
+        return torch.device("mps")
+    raise ConfigError(f"unknown device '{name}'", hint="choose auto, cpu, cuda or cuda:N")
+
+
+def configure_threads(num_threads: int | None = None) -> int:
+    """Set torch's intra-op threads: ``FPT_THREADS`` or the argument, else one per physical core.
+
+    On small machines oversubscribing (torch's default plus interop threads) costs more than it
+    gains, so we pin to ``os.cpu_count()``.
+    """
+    env = os.environ.get("FPT_THREADS")
+    n = num_threads or (int(env) if env else None) or (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+    return torch.get_num_threads()
+
+
+def autocast_context(device: torch.device, enabled: bool = True):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)

@@ -1,0 +1,46 @@
+"""Noise-residual extractors: image (N, 3, H, W) -> residual of the same shape.
+
+The residual removes image content so the generator's high-frequency fingerprint dominates the
+spectrum. Every extractor is an ``nn.Module`` registered by name, so checkpoints can record which
+one (and with what parameters) their training used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fpt.errors import ConfigError
+
+
+class HighPassResidual(nn.Module):
+    """Fixed high-pass residual: the image minus its 3x3 box-filtered self (reflect-padded).
+
+    Cheap, deterministic and parameter-free; the default until a learned denoiser proves better.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        kernel = torch.full((1, 1, 3, 3), 1.0 / 9.0)
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        k = self.kernel.to(dtype=x.dtype).expand(c, 1, 3, 3)
+        blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=c)
+        return x - blurred
+
+
+RESIDUALS: dict[str, Callable[..., nn.Module]] = {"highpass": HighPassResidual}
+
+
+def build_residual(name: str, **kwargs) -> nn.Module:
+    """Build a residual extractor by registered name (see ``RESIDUALS``)."""
+    try:
+        factory = RESIDUALS[name]
+    except KeyError:
+        raise ConfigError(f"unknown residual extractor '{name}'", hint=f"choose one of {sorted(RESIDUALS)}") from None
+    return factory(**kwargs)

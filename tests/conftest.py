@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests that read ../shared/data skip with a reason when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(2)
+
+
+def shared_data(*parts: str) -> Path:
+    """Path under ../shared/data, or skip the test when that folder is not there."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"shared data not available: {p}")
+    return p
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
