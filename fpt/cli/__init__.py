@@ -36,9 +36,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from fpt.cli import spectrum as _spectrum
+    from fpt.cli import attribution, manifold, spectrum, synth, train
 
-    for module in (_spectrum,):
+    for module in (spectrum, synth, train, attribution, manifold):
         module.register(app)
 
 

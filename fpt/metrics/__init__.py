@@ -1,0 +1,1 @@
+"""Metrics of the papers: Fréchet distances (FFD, FDR), attribution and clustering scores."""
