@@ -44,3 +44,13 @@ def build_residual(name: str, **kwargs) -> nn.Module:
     except KeyError:
         raise ConfigError(f"unknown residual extractor '{name}'", hint=f"choose one of {sorted(RESIDUALS)}") from None
     return factory(**kwargs)
+
+
+def _learned_denoiser(**kwargs) -> nn.Module:
+    """The shipped DnCNN-style denoiser's noise residual (fpt/extractor/denoiser.py)."""
+    from fpt.extractor.denoiser import DenoiserResidual
+
+    return DenoiserResidual(**kwargs)
+
+
+RESIDUALS["denoiser"] = _learned_denoiser

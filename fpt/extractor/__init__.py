@@ -1,0 +1,1 @@
+"""Fingerprint extractor: network, training stream, training loop, checkpoints, embedding."""
