@@ -8,8 +8,11 @@ Conversion rule (one definition, used everywhere): every image becomes a float32
 - Alpha (``RGBA``, ``LA``, ``PA``) is dropped, never composited: compositing would rewrite pixels
   and with them the fingerprint.
 - CMYK and YCbCr go through Pillow's own conversion to RGB.
-- 16-bit and 32-bit integer images are divided by 65535 (grey, replicated); float (``F``) images
-  are clipped to [0, 1].
+- 16-bit images keep all 16 bits: values are divided by 65535. Pillow (>= 10) silently reduces
+  16-bit RGB / RGBA / grey+alpha PNGs to their high byte; fpt decodes those PNGs a second time to
+  recover the low byte (the fingerprint lives in the least significant bits), see
+  :func:`_png16_array`. 16-bit grey (``I;16``) and 32-bit integer (``I``) images are divided by
+  65535 and clipped (grey, replicated); float (``F``) images are clipped to [0, 1].
 - EXIF orientation is **not** applied: rotating the pixel grid moves the fingerprint's spectrum.
 - The first frame of animated / multi-page files is used.
 
@@ -36,6 +39,43 @@ IMAGE_EXTENSIONS = frozenset(
 #: Smaller images carry too little spectrum to say anything about a fingerprint.
 MIN_SIDE = 8
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+#: PNG raw modes Pillow truncates to 8 bits -> (raw mode that yields the low bytes, channels kept).
+#: The decoder's filtering depends only on the raw mode's bits per pixel, so decoding the same
+#: stream with a little-endian raw mode of equal width picks the *other* byte of each sample.
+_PNG16_LOW = {"RGB;16B": ("RGB;16L", 3), "RGBA;16B": ("RGBA;16L", 3), "LA;16B": ("RGBA", 1)}
+
+
+def _png16_array(path: Path, img: Image.Image) -> np.ndarray | None:
+    """Full-precision float32 HxWx3 for a 16-bit colour / grey+alpha PNG, else ``None``.
+
+    ``img`` is the opened (not yet loaded) image. Returns ``None`` when ``img`` is not such a PNG.
+    """
+    if img.format != "PNG" or len(img.tile) != 1 or img.tile[0].codec_name != "zip":
+        return None
+    raw = img.tile[0].args
+    raw = raw[0] if isinstance(raw, tuple) else raw
+    if raw not in _PNG16_LOW:
+        return None
+    low_raw, channels = _PNG16_LOW[raw]
+    if raw == "LA;16B":
+        # One pass: decoding G_hi G_lo A_hi A_lo as 8-bit RGBA gives R = high, G = low byte.
+        with Image.open(path) as again:
+            again.tile = [again.tile[0]._replace(args=low_raw)]
+            again.load()
+            both = np.asarray(again, dtype=np.uint16)
+        grey = both[..., 0] * 256 + both[..., 1]
+        arr = np.repeat(grey[..., None], 3, axis=2)
+    else:
+        img.load()
+        high = np.asarray(img, dtype=np.uint16)[..., :channels]
+        with Image.open(path) as again:
+            again.tile = [again.tile[0]._replace(args=low_raw)]
+            again.load()
+            low = np.asarray(again, dtype=np.uint16)[..., :channels]
+        arr = high * 256 + low
+    return arr.astype(np.float32) / 65535.0
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -66,9 +106,13 @@ def load_image_array(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_P
         raise InputError("no such file", path=path, hint="check the path")
     if path.is_dir():
         raise InputError("is a folder, not an image", path=path)
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses outright above twice that. The warning is
+    # made an error unless the caller explicitly allowed larger images.
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    strict = max_pixels is not None and (pillow_limit is None or max_pixels <= pillow_limit)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("error" if strict else "ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
                 if max_pixels is not None and w * h > max_pixels:
@@ -77,20 +121,32 @@ def load_image_array(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_P
                         path=path,
                         hint="refusing to decode; crop the image first if it is genuine",
                     )
+                if min(w, h) < MIN_SIDE:
+                    raise ImageError(f"image is {w}x{h} px; fpt needs at least {MIN_SIDE}x{MIN_SIDE}", path=path)
                 img.seek(0)
-                img.load()
-                arr = _pil_to_array(img)
+                arr16 = _png16_array(path, img)
+                if arr16 is not None:
+                    arr = arr16
+                else:
+                    img.load()
+                    arr = _pil_to_array(img)
     except FptError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError("decompression bomb refused", path=path, hint=str(exc)) from exc
+        raise ImageError(
+            "image too large: refused by the decompression-bomb guard",
+            path=path,
+            hint=str(exc).split(",")[0],
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageError("not an image (or a format Pillow cannot read)", path=path) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except PermissionError as exc:
+        raise InputError("permission denied", path=path, hint="check the file's read permission") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc) or type(exc).__name__
-        if "truncated" in msg.lower():
+        if "truncated" in msg.lower() or isinstance(exc, EOFError):
             raise ImageError("image file is truncated", path=path, hint="re-export or re-download it") from exc
-        raise ImageError(f"cannot decode image ({msg})", path=path) from exc
+        raise ImageError(f"cannot decode image ({msg})", path=path, hint="re-export it as PNG") from exc
     h, w = arr.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise ImageError(f"image is {w}x{h} px; fpt needs at least {MIN_SIDE}x{MIN_SIDE}", path=path)
