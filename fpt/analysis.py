@@ -1,0 +1,394 @@
+"""Spectral analysis of images and folders, and the upsampling demo (logic behind ``fpt spectrum``).
+
+Everything here returns dataclasses; ``fpt/cli/spectrum.py`` only renders them. Per image:
+residual -> power spectrum (per channel, or grey) -> azimuthal integral (paper 000 Eq. 12), HP
+ratio (Eq. 13), grid peaks, autocorrelation. Per folder: the same for every image plus the mean
+spectrum over all of them (centre-cropped to a common size, see :class:`fpt.spectrum.MeanSpectrum`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fpt import spectrum as S
+from fpt.errors import ConfigError
+from fpt.images import LoadFailure, find_images, iter_images
+
+#: Autocorrelation lags kept for figures / .npz (+- this many pixels around lag 0).
+ACF_LAGS = 32
+
+
+@dataclass
+class SpectrumArrays:
+    """Arrays behind one analysis (numpy, ready for .npz). Spectra are fftshifted (DC centred)."""
+
+    power: np.ndarray  # (C, H, W) power spectrum of the residual, fftshifted
+    ai: np.ndarray  # (M/2,) azimuthal integral (Eq. 12) of the channel-mean power
+    ai_freq: np.ndarray  # (M/2,) ring radius in cycles/pixel (k / M)
+    autocorr: np.ndarray  # (2L+1, 2L+1) channel-mean autocorrelation around lag 0
+    radial: np.ndarray  # (R,) radial profile (corners included)
+    radial_freq: np.ndarray
+    angular: np.ndarray  # (36,) mean power per orientation, degrees [0, 180)
+    angles: np.ndarray
+
+
+@dataclass
+class ImageSpectrum:
+    """Summary numbers of one image's residual spectrum."""
+
+    path: Path
+    width: int
+    height: int
+    residual_energy: float  # mean squared residual per pixel and channel (its variance)
+    hp_ratio: float  # paper 000 Eq. 13 on the channel-mean power
+    ai_mean: float
+    ai_max: float
+    peaks: list[S.GridPeak]
+    arrays: SpectrumArrays | None = field(default=None, repr=False)
+
+
+@dataclass
+class FolderSpectrum:
+    """Per-image results, failures, and the mean spectrum over every readable image."""
+
+    images: list[ImageSpectrum]
+    failures: list[LoadFailure]
+    crop: int  # common centre-crop side of the mean spectrum
+    n_padded: int  # images smaller than ``crop`` (mirror-padded into the mean)
+    hp_ratio_mean: float  # mean of the per-image HP ratios
+    hp_ratio_std: float
+    mean_hp_ratio: float  # HP ratio of the mean spectrum
+    mean_ai_mean: float
+    mean_ai_max: float
+    mean_peaks: list[S.GridPeak]
+    mean_arrays: SpectrumArrays | None = field(default=None, repr=False)
+
+
+def _arrays(power: torch.Tensor, acf: torch.Tensor) -> SpectrumArrays:
+    """Build the display arrays from a (C, H, W) unshifted power spectrum and its ACF."""
+    pm = power.mean(0)
+    m = min(pm.shape)
+    ai = S.azimuthal_integral(pm)
+    rf, rv = S.radial_spectrum(pm)
+    af, av = S.angular_spectrum(pm)
+    acf_c = S.fftshift(acf.mean(0))
+    h, w = acf_c.shape
+    lag = min(ACF_LAGS, h // 2, w // 2)
+    acf_c = acf_c[h // 2 - lag : h // 2 + lag + 1, w // 2 - lag : w // 2 + lag + 1]
+    to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    return SpectrumArrays(
+        power=to_np(S.fftshift(power)),
+        ai=to_np(ai),
+        ai_freq=np.arange(ai.shape[-1], dtype=np.float32) / m,
+        autocorr=to_np(acf_c),
+        radial=to_np(rv),
+        radial_freq=to_np(rf),
+        angular=to_np(av),
+        angles=to_np(af),
+    )
+
+
+def analyse_tensor(
+    image: torch.Tensor,
+    residual: torch.nn.Module | None,
+    *,
+    grey: bool = False,
+    path: Path | str = "<tensor>",
+    keep_arrays: bool = False,
+    peak_threshold: float = 10.0,
+) -> tuple[ImageSpectrum, torch.Tensor]:
+    """Analyse one (3, H, W) image; returns the summary and the residual (C, H, W) for averaging."""
+    x = image.unsqueeze(0) if image.dim() == 3 else image
+    with torch.no_grad():
+        r = residual(x) if residual is not None else x
+        if grey:
+            r = S.to_grey(r)
+        r = (r - r.mean(dim=(-2, -1), keepdim=True)).float()[0]
+        power = S.power_spectrum(r)
+        ai = S.azimuthal_integral(power.mean(0))
+        peaks = S.find_grid_peaks(power, threshold=peak_threshold)
+        arrays = _arrays(power, S.autocorrelation(power, from_power=True)) if keep_arrays else None
+    h, w = r.shape[-2:]
+    return (
+        ImageSpectrum(
+            path=Path(path),
+            width=int(w),
+            height=int(h),
+            residual_energy=float(r.square().mean()),
+            hp_ratio=float(S.hp_ratio(ai)),
+            ai_mean=float(ai.mean()),
+            ai_max=float(ai.max()),
+            peaks=peaks,
+            arrays=arrays,
+        ),
+        r,
+    )
+
+
+def resolve_residual(name: str, device: torch.device) -> torch.nn.Module | None:
+    """``none`` -> analyse pixels; else a registered residual extractor on ``device``."""
+    if name == "none":
+        return None
+    from fpt.residual import build_residual
+
+    return build_residual(name).to(device).eval()
+
+
+def analyse_paths(
+    paths: Sequence[str | Path],
+    *,
+    residual: str = "highpass",
+    grey: bool = False,
+    device: torch.device | str = "cpu",
+    crop: int | None = None,
+    keep_arrays: bool = False,
+    peak_threshold: float = 10.0,
+    on_progress: Callable[[Path], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> FolderSpectrum:
+    """Analyse every image under ``paths`` (files and folders, walked recursively).
+
+    Unreadable files are collected in ``failures`` and skipped. The mean spectrum uses a common
+    centre crop of ``crop`` px (default: the first image's shorter side, at most 512).
+    ``keep_arrays`` keeps per-image arrays (memory grows with the count; the mean's arrays are
+    always kept). Raises :class:`fpt.errors.EmptyInputError` when nothing is found.
+    """
+    device = torch.device(device)
+    files = find_images(paths)
+    if on_total:
+        on_total(len(files))
+    res = resolve_residual(residual, device)
+    mean = S.MeanSpectrum(crop)
+    results: list[ImageSpectrum] = []
+    failures: list[LoadFailure] = []
+    for p, img in iter_images(files):
+        if isinstance(img, LoadFailure):
+            failures.append(img)
+        else:
+            if mean.size is None:
+                mean.size = min(512, *img.shape[-2:])
+            rep, r = analyse_tensor(
+                img.to(device), res, grey=grey, path=p, keep_arrays=keep_arrays, peak_threshold=peak_threshold
+            )
+            results.append(rep)
+            mean.update(r)
+        if on_progress:
+            on_progress(p)
+    if not results:
+        return FolderSpectrum(results, failures, crop or 0, 0, math.nan, math.nan, math.nan, math.nan, math.nan, [])
+    mp = mean.mean
+    ai = S.azimuthal_integral(mp.mean(0))
+    hps = np.array([r.hp_ratio for r in results])
+    return FolderSpectrum(
+        images=results,
+        failures=failures,
+        crop=int(mean.size),
+        n_padded=mean.n_padded,
+        hp_ratio_mean=float(hps.mean()),
+        hp_ratio_std=float(hps.std()),
+        mean_hp_ratio=float(S.hp_ratio(ai)),
+        mean_ai_mean=float(ai.mean()),
+        mean_ai_max=float(ai.max()),
+        # The mean of many spectra has far less bin-to-bin scatter, so the same threshold is stricter.
+        mean_peaks=S.find_grid_peaks(mp, threshold=peak_threshold),
+        mean_arrays=_arrays(mp, S.autocorrelation(mp, from_power=True)),
+    )
+
+
+# ------------------------------------------------------------------ output files
+
+
+def output_stem(path: Path, root: Path | None) -> str:
+    """File-name-safe stem for per-image outputs, unique within one run (relative path joined by __)."""
+    try:
+        rel = path.resolve().relative_to(root) if root else Path(path.name)
+    except ValueError:
+        rel = Path(path.name)
+    parts = list(rel.with_suffix("").parts) or [path.stem]
+    return "__".join(parts)
+
+
+def common_root(paths: Sequence[Path]) -> Path | None:
+    try:
+        return Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))
+    except ValueError:
+        return None
+
+
+def save_npz(arrays: SpectrumArrays, target: Path, **extra: np.ndarray) -> Path:
+    """Write the arrays atomically as a compressed .npz (keys = field names + extras)."""
+    import dataclasses
+
+    from fpt.storage import atomic_path
+
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **dataclasses.asdict(arrays), **extra)
+    return target
+
+
+def spectrum_figure(arrays: SpectrumArrays, title: str, peaks: Sequence[S.GridPeak] = ()):
+    """Three panels: log power spectrum (DC centred, peaks circled), AI curve, autocorrelation."""
+    from fpt.report import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    p = arrays.power.mean(0)
+    h, w = p.shape
+    ext = (-0.5, 0.5 - 1.0 / w, 0.5 - 1.0 / h, -0.5)
+    axes[0].imshow(np.log10(p + 1e-12), cmap="magma", extent=ext)
+    for g in peaks[:12]:
+        for sy, sx in ((1, 1), (-1, -1)):
+            fy, fx = sy * g.fy, sx * g.fx
+            fy = -0.5 if fy >= 0.5 - 1e-9 else fy
+            fx = -0.5 if fx >= 0.5 - 1e-9 else fx
+            axes[0].add_patch(plt.Circle((fx, fy), 0.025, fill=False, color="cyan", lw=1))
+    axes[0].set_title("log10 power spectrum of residual")
+    axes[0].set_xlabel("fx (cycles/px)")
+    axes[0].set_ylabel("fy (cycles/px)")
+    axes[1].semilogy(arrays.ai_freq, arrays.ai)
+    axes[1].axvline(0.25, color="grey", ls="--", lw=0.8)
+    axes[1].set_title("azimuthal integral (Eq. 12); HP share right of --")
+    axes[1].set_xlabel("radius (cycles/px)")
+    lag = arrays.autocorr.shape[0] // 2
+    acf = arrays.autocorr.copy()
+    acf[lag, lag] = np.nan  # lag 0 is 1 by definition and would swamp the colour scale
+    vmax = np.nanmax(np.abs(acf)) or 1.0
+    axes[2].imshow(acf, cmap="RdBu_r", vmin=-vmax, vmax=vmax, extent=(-lag - 0.5, lag + 0.5, lag + 0.5, -lag - 0.5))
+    axes[2].set_title("residual autocorrelation (lag 0 hidden)")
+    axes[2].set_xlabel("lag x (px)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ upsampling demo
+
+
+@dataclass
+class DemoStep:
+    name: str
+    size: int
+    hp_ratio: float
+    peaks: list[S.GridPeak]
+
+
+@dataclass
+class UpsampleDemo:
+    """Paper 000 Fig. 3 with numbers: zero-interleave, then three upsampling kernels."""
+
+    source: str
+    replication_error: float  # max |F(u+M, v+N) - F(u, v)| / max |F| after zero-interleaving
+    steps: list[DemoStep]
+    kernels: dict[str, np.ndarray] = field(repr=False)
+    signals: dict[str, np.ndarray] = field(repr=False)
+
+
+def upsample_kernels(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The K_up of Eq. 3 for 2x upsampling: nearest, bilinear, and a random 'learned' deconvolution.
+
+    Nearest = 2 x 2 box (repeats each sample), bilinear = outer([1/2, 1, 1/2]) (interpolates), the
+    deconvolution a 4 x 4 Gaussian-random kernel (a stride-2, 4 x 4 transposed conv as in DCGAN).
+    All are scaled to sum 4 so that the mean level is preserved after interleaving.
+    """
+    g = torch.Generator().manual_seed(seed)
+    tri = torch.tensor([0.5, 1.0, 0.5])
+    deconv = torch.randn(4, 4, generator=g)
+    deconv = deconv / deconv.sum().abs().clamp_min(0.25) * 4.0
+    return {"nearest": torch.ones(2, 2), "bilinear": torch.outer(tri, tri), "deconvolution": deconv}
+
+
+def circular_conv2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Circular convolution of (..., H, W) with a small kernel via the DFT (exactly Eq. 4)."""
+    h, w = x.shape[-2:]
+    k = torch.zeros(h, w, dtype=x.dtype, device=x.device)
+    kh, kw = kernel.shape
+    k[:kh, :kw] = kernel.to(x)
+    return torch.fft.ifft2(torch.fft.fft2(x) * torch.fft.fft2(k)).real
+
+
+def _signal_stats(x: torch.Tensor, name: str, threshold: float) -> DemoStep:
+    # The mean only sits in the DC bin; its *replicas* at 1/2 (created by interleaving) stay.
+    xc = x - x.mean()
+    power = S.power_spectrum(xc)
+    return DemoStep(
+        name=name,
+        size=int(x.shape[-1]),
+        hp_ratio=float(S.hp_ratio(S.azimuthal_integral(power))),
+        peaks=S.find_grid_peaks(power, threshold=threshold),
+    )
+
+
+def upsample_demo(
+    image: torch.Tensor | None = None, *, size: int = 64, seed: int = 0, threshold: float = 10.0
+) -> UpsampleDemo:
+    """Run the demo on an image (grey, centre crop ``size``) or on uniform noise in [0, 1].
+
+    Uniform noise has a mean, whose DC peak zero-interleaving replicates to (0, 1/2), (1/2, 0) and
+    (1/2, 1/2): the grid. Nearest and bilinear kernels have spectral zeros exactly there and
+    remove it, and they are low-pass, so the HP ratio drops; a random deconvolution kernel keeps
+    the grid peaks (and the HP share).
+    """
+    from fpt.images import center_crop
+
+    if size < 16:
+        raise ConfigError(f"--size {size} is too small", hint="use 16 or more")
+    if image is None:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.rand(size, size, generator=g, dtype=torch.float64)
+        source = f"uniform noise {size}x{size} (seed {seed})"
+    else:
+        x = S.to_grey(center_crop(image, size).unsqueeze(0))[0, 0].double()
+        source = f"image, grey centre crop {size}x{size}"
+    zi = S.zero_interleave(x)
+    f = torch.fft.fft2(zi)
+    rep = torch.stack([f[size:, :size], f[:size, size:], f[size:, size:]]) - f[:size, :size]
+    rep_err = float(rep.abs().max() / f.abs().max())
+    steps = [_signal_stats(x, "input", threshold), _signal_stats(zi, "zero-interleaved", threshold)]
+    signals = {"input": x.float().numpy(), "zero-interleaved": zi.float().numpy()}
+    kernels = upsample_kernels(seed)
+    for name, k in kernels.items():
+        y = circular_conv2d(zi, k.double())
+        steps.append(_signal_stats(y, f"+ {name} kernel", threshold))
+        signals[name] = y.float().numpy()
+    return UpsampleDemo(
+        source=source,
+        replication_error=rep_err,
+        steps=steps,
+        kernels={k: v.numpy() for k, v in kernels.items()},
+        signals=signals,
+    )
+
+
+def upsample_demo_figure(demo: UpsampleDemo):
+    """Log spectra (DC centred) of every stage, with each kernel's spectrum underneath."""
+    from fpt.report import pyplot
+
+    plt = pyplot()
+    names = list(demo.signals)
+    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 6.6))
+    for i, name in enumerate(names):
+        x = torch.from_numpy(demo.signals[name]).double()
+        p = S.fftshift(S.power_spectrum(x - x.mean())).numpy()
+        axes[0, i].imshow(np.log10(p + 1e-12), cmap="magma", extent=(-0.5, 0.5, 0.5, -0.5))
+        step = demo.steps[i]
+        axes[0, i].set_title(f"{name}\nHP ratio {step.hp_ratio:.3f}", fontsize=9)
+        axes[1, i].axis("off")
+        if name in demo.kernels:
+            k = torch.zeros(64, 64, dtype=torch.float64)
+            kk = torch.from_numpy(demo.kernels[name]).double()
+            k[: kk.shape[0], : kk.shape[1]] = kk
+            kp = S.fftshift(torch.fft.fft2(k).abs().square()).numpy()
+            axes[1, i].axis("on")
+            axes[1, i].imshow(np.log10(kp + 1e-12), cmap="viridis", extent=(-0.5, 0.5, 0.5, -0.5))
+            axes[1, i].set_title(f"|F(K_{name})|^2 (log10)", fontsize=9)
+    fig.suptitle(f"Upsampling = zero-interleave + kernel (paper 000 Eq. 3-4): {demo.source}")
+    fig.tight_layout()
+    return fig
