@@ -1,9 +1,307 @@
-"""CLI commands for the manifold stage (registered by fpt.cli)."""
+"""CLI for ManiFPT (paper 002): ``fpt manifold build|info``, ``fpt artifact``, ``fpt analyse``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from fpt.errors import ConfigError, InputError
+
+manifold_app = typer.Typer(
+    help="Reference manifolds of real images (paper 002): build one, inspect one.",
+    no_args_is_help=True,
+)
+
+
+def _spaces(text: str) -> list[str]:
+    from fpt.manifold.spaces import SPACES
+
+    names = [s.strip().lower() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in SPACES]
+    if bad or not names:
+        raise ConfigError(f"unknown space(s): {', '.join(bad) or text!r}", hint=f"choose from {', '.join(SPACES)}")
+    return names
+
+
+@manifold_app.command("build")
+def build_cmd(
+    real: list[Path] = typer.Argument(..., help="Folders / files of REAL images (walked recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Manifold file to write (HDF5, replaced atomically)."),
+    space: str = typer.Option("rgb", "--space", help="rgb, freq, feat, or a comma list (rgb,freq)."),
+    size: int = typer.Option(0, "--size", help="Side of the fixed square view in px (0 = 64; feat: extractor crop)."),
+    fit: str = typer.Option("crop", "--fit", help="crop: centre crop, no resampling (keeps fingerprints); resize: thumbnail."),
+    extractor: Path = typer.Option(None, "--extractor", help="feat space: extractor checkpoint (default: shipped)."),
+    limit: int = typer.Option(0, "--limit", help="Use a seeded random subset of this many images (0 = all)."),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    no_pixels: bool = typer.Option(False, "--no-pixels", help="Do not store the x* views (freq/feat figures then lack x*)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
+) -> None:
+    """Embed real images into rgb / freq / feat space and store them as a reference manifold."""
+    from fpt.devices import select_device
+    from fpt.manifold.spaces import resolve_spec
+    from fpt.manifold.store import build_manifold
+    from fpt.report import print_json, print_table, progress, warn
+
+    dev = select_device(device)
+    specs = [resolve_spec(s, size or None, fit, str(extractor) if extractor else None, dev) for s in _spaces(space)]
+    with progress(disable=json_out) as bar:
+        task = bar.add_task("embedding real images", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        rep = build_manifold(real, out, specs, device=dev, batch_size=batch_size, keep_pixels=not no_pixels,
+                             limit=limit or None, seed=seed, on_progress=tick)
+    for path, reason in rep.failed:
+        warn(f"skipped {reason}")
+    if json_out:
+        print_json(rep)
+        return
+    rows = [[name, info["dim"], rep.count, info["calib_nn_median"]] for name, info in rep.spaces.items()]
+    print_table(f"manifold {out}", ["space", "dims", "references", "median real NN distance"], rows,
+                caption=f"{rep.count} images in {rep.seconds:.1f}s; {len(rep.failed)} skipped"
+                + (f"; {rep.padded} smaller than the view (mirror-padded)" if rep.padded else ""))
+
+
+@manifold_app.command("info")
+def info_cmd(
+    manifold: Path = typer.Argument(..., help="Manifold file."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show what a manifold holds and exactly how its images were preprocessed."""
+    from fpt.manifold.store import Manifold
+    from fpt.report import print_json, print_table
+
+    with Manifold(manifold) as m:
+        info = {
+            "path": str(manifold),
+            "references": m.count,
+            "created": m.created,
+            "sources": m.sources,
+            "spaces": {
+                name: {
+                    "spec": m.space(name).spec.__dict__,
+                    "preprocessing": m.space(name).spec.describe(),
+                    "dim": m.space(name).dim,
+                    "pixels_stored": name == "rgb" or "pixels" in m.space(name).group,
+                    "real_nn_distance_quartiles": (
+                        [float(q) for q in __import__("numpy").percentile(m.space(name).calib_nn, [25, 50, 75])]
+                        if m.space(name).calib_nn.size else None),
+                }
+                for name in m.spaces
+            },
+        }
+    if json_out:
+        print_json(info)
+        return
+    rows = [[n, s["dim"], s["preprocessing"], "-" if not s["real_nn_distance_quartiles"] else
+             " / ".join(f"{v:.4g}" for v in s["real_nn_distance_quartiles"])] for n, s in info["spaces"].items()]
+    print_table(f"{manifold}: {info['references']} real references (built {info['created']})",
+                ["space", "dims", "preprocessing", "real NN dist q25/q50/q75"], rows,
+                caption="sources: " + ", ".join(info["sources"]))
+
+
+def artifact_cmd(
+    images: list[Path] = typer.Argument(..., help="Images or folders to project onto the manifold."),
+    manifold: Path = typer.Option(..., "--manifold", "-m", help="Manifold file from fpt manifold build."),
+    space: str = typer.Option("", "--space", help="Space(s) to use (default: every space in the file)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Folder for artifact arrays (.npz) and figures (.png)."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="With --out: arrays only."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Nearest real image x* and artifact a(x) = x - x* of each image (paper 002, Def. 2.1).
+
+    Reports the distance to the manifold |a| (L2 in the space), per dimension (RMS), and as the
+    percentile among real images' own nearest-neighbour distances (~50: as close as real images
+    are to each other; ~100: farther than almost any real image).
+    """
+    import numpy as np
+
+    from fpt.devices import select_device
+    from fpt.images import LoadFailure, find_images, iter_images
+    from fpt.manifold.artifact import Projector, save_projection_figure
+    from fpt.manifold.store import Manifold
+    from fpt.report import print_json, print_table, progress, warn
+    from fpt.storage import atomic_path
+
+    files = find_images(images)
+    results, failures = [], []
+    with Manifold(manifold, device=select_device(device)) as m:
+        names = _spaces(space) if space else m.spaces
+        projectors = [Projector(m, n) for n in names]
+        with progress(disable=json_out) as bar:
+            task = bar.add_task("projecting", total=len(files))
+            for path, img in iter_images(files):
+                bar.advance(task)
+                if isinstance(img, LoadFailure):
+                    failures.append({"path": str(path), "error": img.reason})
+                    warn(f"skipped {img.reason}")
+                    continue
+                for pr in projectors:
+                    p = pr.project([img], keep_views=out is not None)[0]
+                    results.append({"path": str(path), **p.summary()})
+                    if out is not None:
+                        stem = f"{path.stem}.{p.space}"
+                        ref = pr.space.pixels(p.nearest_index)
+                        with atomic_path(out / f"{stem}.npz") as tmp:
+                            with open(tmp, "wb") as fh:
+                                np.savez_compressed(
+                                    fh, artifact=p.artifact, query_view=p.view,
+                                    nearest_view=ref.numpy() if ref is not None else np.zeros(0),
+                                    nearest_index=p.nearest_index, distance=p.distance,
+                                    sign_convention="a = x - x*")
+                        if not no_figures:
+                            save_projection_figure(p, pr.space, out / f"{stem}.png", f"{path.name} [{p.space}]")
+    payload = {"manifold": str(manifold), "sign_convention": "a(x) = x - x*", "results": results, "failures": failures}
+    if out is not None:
+        from fpt.report import dumps_json
+
+        with atomic_path(out / "artifacts.json") as tmp:
+            tmp.write_text(dumps_json(payload))
+    if json_out:
+        print_json(payload)
+    else:
+        rows = [[Path(r["path"]).name, r["space"], r["distance"], r["rms"],
+                 "-" if r["percentile"] is None else f"{r['percentile']:.0f}",
+                 Path(r["nearest_path"]).name + (" (low confidence)" if r["low_confidence"] else "")]
+                for r in results]
+        print_table("distance to the real-image manifold (a = x - x*)",
+                    ["image", "space", "|a|", "RMS", "real pct", "nearest real x*"], rows,
+                    caption=(f"written to {out}" if out else None))
+    if failures and not results:
+        raise InputError("none of the images could be read")
+
+
+def analyse_cmd(
+    source: Path = typer.Argument(..., help="ROOT folder (one sub-folder per model) or an .npz of embeddings."),
+    representation: str = typer.Option("artifact-rgb", "--representation", "-r",
+                                       help="For folders: rgb, freq, artifact-rgb, artifact-freq, artifact-feat, "
+                                            "or a name from fpt eval's registry."),
+    manifold: Path = typer.Option(None, "--manifold", "-m", help="Manifold file (artifact-* representations)."),
+    factors: str = typer.Option("", "--factors", help="CSV model,factor1,... or 'synth' to parse synthetic arch ids."),
+    factor_names: str = typer.Option("", "--factor-names", help="Comma list restricting the factors analysed."),
+    unit: str = typer.Option("image", "--unit", help="Cluster single images or per-model mean fingerprints."),
+    per_model: int = typer.Option(0, "--per-model", help="Use at most this many images per model (0 = all)."),
+    save: Path = typer.Option(None, "--save", help="Also write the embeddings to this .npz."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Separability of models in a fingerprint space (FDR, NMI, silhouette, Davies-Bouldin),
+    and which design factor the fingerprint clusters follow (NMI per factor, paper 002 Table 6)."""
+    import random
+
+    import numpy as np
+
+    from fpt.manifold import analysis as an
+    from fpt.report import print_json, print_table, progress, warn
+
+    failures: list = []
+    if source.is_file() and source.suffix == ".npz":
+        x, labels = an.load_npz(source)
+        rep_name = source.name
+    elif source.is_dir():
+        from fpt.images import find_images
+
+        files = find_images(source)
+        labels_all = an.folder_labels(source, files)
+        if per_model:
+            rng = random.Random(seed)
+            by: dict[str, list] = {}
+            for f, lab in zip(files, labels_all):
+                by.setdefault(lab, []).append(f)
+            files = sorted(f for fs in by.values() for f in (rng.sample(fs, per_model) if len(fs) > per_model else fs))
+        embed, rep_name = _representation(representation, manifold, device)
+        with progress(disable=json_out) as bar:
+            task = bar.add_task(f"embedding ({rep_name})", total=len(files))
+            x, kept, failures = an.embed_files(files, embed, on_progress=lambda n: bar.advance(task, n))
+        for _, reason in failures:
+            warn(f"skipped {reason}")
+        labels = an.folder_labels(source, kept)
+        if save is not None:
+            from fpt.storage import atomic_path
+
+            with atomic_path(save) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, embeddings=x.astype(np.float32), labels=np.array(labels),
+                             paths=np.array([str(p) for p in kept]), representation=rep_name)
+    else:
+        raise InputError("not a folder or an .npz file", path=source)
+
+    sep = an.separability(x, labels, seed=seed)
+    fac = None
+    if factors:
+        table = an.synth_factor_table(sorted(set(labels))) if factors == "synth" else an.read_factor_csv(factors)
+        names = [f.strip() for f in factor_names.split(",") if f.strip()] or None
+        fac = an.factor_nmi(x, labels, table, factors=names, unit=unit, seed=seed)
+    if json_out:
+        print_json({"source": str(source), "representation": rep_name, "separability": sep,
+                    "factor_nmi": fac, "failures": failures})
+        return
+    print_table(f"{rep_name}: {sep.n} fingerprints of {len(sep.models)} models ({sep.dim} dims)",
+                ["metric", "value", "reading"],
+                [["FD ratio (paper 002 F.4)", sep.fdr, "inter/intra-class FD; higher = more separable"],
+                 ["inter-class FD", sep.inter_fd, "mean over model pairs"],
+                 ["intra-class FD", sep.intra_fd, "mean over models, two random halves"],
+                 ["NMI k-means vs models", sep.nmi_kmeans, "1 = clusters are the models"],
+                 ["silhouette", sep.silhouette, "-1..1, higher = better"],
+                 ["Davies-Bouldin", sep.davies_bouldin, "lower = better"]],
+                caption="; ".join(sep.notes) or None)
+    if fac:
+        print_table(f"NMI of k-means clusters vs design factor (unit: {unit})", ["factor", "NMI", "k", "values"],
+                    [[f.factor, f.nmi, f.k, ", ".join(f"{k}:{v}" for k, v in f.values.items())]
+                     for f in sorted(fac, key=lambda r: -r.nmi)])
+
+
+def _representation(name: str, manifold: Path | None, device: str):
+    """(embed(list[Tensor]) -> ndarray, display name) for folder analysis."""
+    from fpt.devices import select_device
+
+    name = name.strip().lower()
+    if name.startswith("artifact-"):
+        if manifold is None:
+            raise ConfigError(f"representation {name} needs --manifold", hint="build one with fpt manifold build")
+        from fpt.manifold.artifact import ArtifactRepresentation
+
+        rep = ArtifactRepresentation(manifold, name.split("-", 1)[1], device=device)
+        return rep.embed_images, rep.name
+    if name in ("rgb", "freq"):
+        import torch
+
+        from fpt.manifold.spaces import SpaceEmbedder, SpaceSpec, fixed_view
+
+        if manifold is not None:  # same view as the manifold, if one is given
+            from fpt.manifold.store import Manifold
+
+            with Manifold(manifold) as m:
+                spec = m.space(name).spec if name in m.spaces else SpaceSpec(name)
+        else:
+            spec = SpaceSpec(name)
+        emb = SpaceEmbedder(spec, select_device(device))
+
+        def embed(images):
+            views = torch.stack([fixed_view(i, spec.size, spec.fit)[0] for i in images])
+            return emb(views).cpu().numpy()
+
+        return embed, f"{name} (raw, {spec.size}px {spec.fit})"
+    try:
+        from fpt.representations import available_methods, build_representation  # fpt eval's registry
+    except ImportError:
+        available_methods, build_representation = (lambda: []), None
+    known = available_methods()
+    if build_representation is not None and name in known:
+        rep = build_representation(name, device=device)
+        return rep.embed_images, getattr(rep, "name", name)
+    choices = sorted({"rgb", "freq", "artifact-rgb", "artifact-freq", "artifact-feat", *known})
+    raise ConfigError(f"unknown representation {name!r}", hint=f"choose from {', '.join(choices)}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
+    app.add_typer(manifold_app, name="manifold")
+    app.command("artifact")(artifact_cmd)
+    app.command("analyse")(analyse_cmd)

@@ -1,0 +1,39 @@
+"""ManiFPT (paper 002): reference manifolds of real images, projections and artifacts.
+
+- :mod:`fpt.manifold.spaces` — the rgb / freq / feat embedding spaces and their preprocessing.
+- :mod:`fpt.manifold.store`  — the HDF5 manifold file, streaming build, exact chunked L2 search.
+- :mod:`fpt.manifold.artifact` — projection x -> x*, artifact a(x) = x - x*, figures, and
+  :class:`ArtifactRepresentation` for ``fpt eval``.
+- :mod:`fpt.manifold.analysis` — FDR / NMI / silhouette / Davies-Bouldin of fingerprint
+  embeddings, NMI by design factor (``fpt analyse``).
+"""
+
+from fpt.manifold.artifact import (
+    ArtifactRepresentation,
+    Projection,
+    Projector,
+    artifact_representations,
+    register_representations,
+)
+from fpt.manifold.spaces import SPACES, SpaceEmbedder, SpaceSpec, fixed_view, log_magnitude
+from fpt.manifold.store import KIND, SCHEMA, BuildReport, Manifold, Neighbours, build_manifold, nearest_in_array
+
+__all__ = [
+    "KIND",
+    "SCHEMA",
+    "SPACES",
+    "ArtifactRepresentation",
+    "BuildReport",
+    "Manifold",
+    "Neighbours",
+    "Projection",
+    "Projector",
+    "SpaceEmbedder",
+    "SpaceSpec",
+    "artifact_representations",
+    "build_manifold",
+    "fixed_view",
+    "log_magnitude",
+    "nearest_in_array",
+    "register_representations",
+]

@@ -1,0 +1,252 @@
+"""Fingerprint-space analysis (paper 002 §F.3-F.4): separability of models and NMI by design factor.
+
+Input is a set of fingerprint rows (one per image) with a model label per row — from an ``.npz``
+of embeddings, from a folder tree embedded with a representation, or from a synthetic-model pool
+— and optionally a table ``model -> {factor: value}`` (a user CSV, or parsed from synthetic
+architecture ids).
+
+- :func:`separability`: FD ratio, k-means NMI against the model labels (k = number of models),
+  silhouette and Davies-Bouldin of the model labels.
+- :func:`factor_nmi`: for each factor, k-means with k = number of distinct values of that factor,
+  NMI between clusters and the factor's labelling of the rows (paper 002 Table 6's question: which
+  design choice do the fingerprint clusters follow?). ``unit="model"`` clusters per-model mean
+  fingerprints instead of single images.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fpt.errors import ConfigError, InputError
+from fpt.metrics.clustering import davies_bouldin, fd_ratio_details, kmeans, nmi, silhouette
+
+#: k-means on more rows than this is run on a seeded subsample (k-means is O(n k d) per step).
+MAX_KMEANS_ROWS = 20000
+
+
+@dataclass
+class Separability:
+    n: int
+    dim: int
+    models: list[str]
+    counts: dict
+    fdr: float | None
+    inter_fd: float | None
+    intra_fd: float | None
+    nmi_kmeans: float
+    silhouette: float | None
+    davies_bouldin: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FactorNMI:
+    factor: str
+    nmi: float
+    k: int  # clusters = distinct values of the factor among the rows
+    values: dict  # value -> rows
+    unit: str
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance per column (constant columns left at 0) — k-means / silhouette /
+    Davies-Bouldin are scale-dependent, and one loud dimension should not decide them."""
+    x = np.asarray(x, dtype=np.float64)
+    sd = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+
+
+def separability(features: np.ndarray, labels: Sequence[str], *, seed: int = 0) -> Separability:
+    """FDR (raw features, as the paper), k-means NMI / silhouette / DB (standardised features)."""
+    x = np.asarray(features, dtype=np.float64)
+    labels = np.asarray([str(v) for v in labels])
+    if x.ndim != 2 or x.shape[0] != labels.size:
+        raise ConfigError(f"{x.shape[0] if x.ndim else 0} fingerprint rows but {labels.size} labels")
+    models, counts = np.unique(labels, return_counts=True)
+    if models.size < 2:
+        raise ConfigError("analysis needs fingerprints of at least two models",
+                          hint="give a folder with one sub-folder per model")
+    notes: list[str] = []
+    keep = np.isin(labels, models[counts >= 4])
+    fdr = inter = intra = None
+    if (counts >= 4).sum() >= 2:
+        if not keep.all():
+            notes.append("FDR skips models with fewer than 4 images: "
+                         + ", ".join(models[counts < 4].tolist()))
+        det = fd_ratio_details(x[keep], labels[keep], seed=seed)
+        fdr, inter, intra = det.ratio, det.inter, det.intra
+    else:
+        notes.append("FDR needs at least two models with 4+ images")
+    xs = standardise(x)
+    km_rows = np.arange(x.shape[0])
+    if x.shape[0] > MAX_KMEANS_ROWS:
+        km_rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], MAX_KMEANS_ROWS, replace=False))
+        notes.append(f"k-means / silhouette on a random {MAX_KMEANS_ROWS}-row subsample")
+    clusters = kmeans(xs[km_rows], int(models.size), seed=seed)
+    sil = db = None
+    if models.size < km_rows.size:
+        sil = silhouette(xs[km_rows], labels[km_rows])
+        db = davies_bouldin(xs[km_rows], labels[km_rows])
+    return Separability(
+        n=int(x.shape[0]), dim=int(x.shape[1]), models=models.tolist(),
+        counts={m: int(c) for m, c in zip(models, counts)}, fdr=fdr, inter_fd=inter, intra_fd=intra,
+        nmi_kmeans=nmi(clusters, labels[km_rows]), silhouette=sil, davies_bouldin=db, notes=notes,
+    )
+
+
+def factor_nmi(
+    features: np.ndarray,
+    labels: Sequence[str],
+    table: Mapping[str, Mapping[str, str]],
+    *,
+    factors: Sequence[str] | None = None,
+    unit: str = "image",
+    seed: int = 0,
+) -> list[FactorNMI]:
+    """NMI between k-means clusters of fingerprints and each design factor (see module docs).
+
+    Rows whose model is missing from ``table`` are an error (a silent drop would bias the NMI).
+    Factors taking a single value over the rows carry no information and are skipped.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    labels = np.asarray([str(v) for v in labels])
+    missing = sorted(set(labels) - set(table))
+    if missing:
+        raise ConfigError(f"no design factors for model(s): {', '.join(missing[:5])}"
+                          + (" ..." if len(missing) > 5 else ""), hint="add them to the factor CSV")
+    if unit not in ("image", "model"):
+        raise ConfigError(f"unknown unit {unit!r}", hint="use image or model")
+    if unit == "model":
+        models = sorted(set(labels))
+        x = np.stack([x[labels == m].mean(axis=0) for m in models])
+        labels = np.asarray(models)
+    names = list(factors) if factors else sorted({f for row in table.values() for f in row})
+    xs = standardise(x)
+    out: list[FactorNMI] = []
+    for f in names:
+        vals = np.asarray([str(table[m].get(f, "")) for m in labels])
+        uniq, cnt = np.unique(vals, return_counts=True)
+        if uniq.size < 2:
+            continue
+        if uniq.size > xs.shape[0]:
+            continue
+        clusters = kmeans(xs, int(uniq.size), seed=seed)
+        out.append(FactorNMI(f, nmi(clusters, vals), int(uniq.size), {u: int(c) for u, c in zip(uniq, cnt)}, unit))
+    if not out:
+        raise ConfigError("no factor varies across these models; nothing to measure")
+    return out
+
+
+# ----------------------------------------------------------------------------------- inputs
+
+
+def read_factor_csv(path: str | Path) -> dict[str, dict[str, str]]:
+    """``model,upsampling,normalisation,...`` -> {model: {factor: value}}; the first column is the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such factor CSV", path=path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read factor CSV ({exc})", path=path) from exc
+    rows = [r for r in rows if r and any(c.strip() for c in r)]
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise InputError("factor CSV needs a header (model,factor1,...) and one row per model", path=path)
+    header = [h.strip() for h in rows[0]]
+    table: dict[str, dict[str, str]] = {}
+    for i, r in enumerate(rows[1:], start=2):
+        if len(r) != len(header):
+            raise InputError(f"line {i} has {len(r)} fields, the header has {len(header)}", path=path)
+        model = r[0].strip()
+        if model in table:
+            raise InputError(f"model {model!r} appears twice (line {i})", path=path)
+        table[model] = {h: v.strip() for h, v in zip(header[1:], r[1:])}
+    return table
+
+
+def synth_factor_table(models: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Design factors of synthetic models from their ids (``K2-L1-post-deconv-relu-bn/s003``)."""
+    from fpt.synth.space import factors, parse_arch_id
+
+    table = {}
+    for m in models:
+        try:
+            table[m] = factors(parse_arch_id(Path(m).name if "/" not in m else m))
+        except Exception:
+            # Folder trees: the model folder may be "<arch>/s003" or "<arch>-s003" or "<arch>".
+            head = m.split("/")[0]
+            table[m] = factors(parse_arch_id(head))
+    return table
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Fingerprint rows and model labels from an ``.npz`` (``fpt embed`` or numpy.savez).
+
+    Accepted keys: features under ``embeddings`` / ``features`` / ``x``; labels under ``labels`` /
+    ``models`` / ``model``; otherwise labels come from the parent folder of ``paths``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path=path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"not a readable .npz file ({exc})", path=path) from exc
+    with data:
+        keys = set(data.files)
+        fkey = next((k for k in ("embeddings", "features", "x") if k in keys), None)
+        if fkey is None:
+            raise InputError(f"no embeddings in the .npz (keys: {', '.join(sorted(keys))})", path=path,
+                             hint="expected an 'embeddings' array as written by fpt embed")
+        x = np.asarray(data[fkey], dtype=np.float64)
+        lkey = next((k for k in ("labels", "models", "model") if k in keys), None)
+        if lkey is not None:
+            labels = [str(v) for v in data[lkey].tolist()]
+        elif "paths" in keys:
+            labels = [Path(str(p)).parent.name for p in data["paths"].tolist()]
+        else:
+            raise InputError("the .npz has no labels or paths to take model names from", path=path)
+    if x.ndim != 2 or x.shape[0] != len(labels):
+        raise InputError(f"embeddings {x.shape} do not match {len(labels)} labels", path=path)
+    return x, labels
+
+
+def folder_labels(root: Path, files: Sequence[Path]) -> list[str]:
+    """Model label of each image = its folder relative to ``root`` (``stylegan2``, ``biggan/fake``)."""
+    labels = []
+    for p in files:
+        rel = p.parent.relative_to(root)
+        labels.append(rel.as_posix() if rel.parts else root.name)
+    return labels
+
+
+def embed_files(files: Sequence[Path], embed: Callable[[list], np.ndarray], batch: int = 64,
+                on_progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, list[Path], list[tuple[str, str]]]:
+    """Embed images batch by batch; returns rows, the files embedded, and (file, reason) failures."""
+    from fpt.images import LoadFailure, iter_images
+
+    rows, kept, failed, buf, bufp = [], [], [], [], []
+    for p, img in iter_images(files):
+        if isinstance(img, LoadFailure):
+            failed.append((str(p), img.reason))
+        else:
+            buf.append(img)
+            bufp.append(p)
+        if len(buf) >= batch:
+            rows.append(embed(buf))
+            kept += bufp
+            buf, bufp = [], []
+        if on_progress:
+            on_progress(1)
+    if buf:
+        rows.append(embed(buf))
+        kept += bufp
+    if not rows:
+        raise InputError("none of the images could be read")
+    return np.concatenate(rows), kept, failed

@@ -1,0 +1,256 @@
+"""Projection onto the real-image manifold and the artifact of paper 002 (Def. 2.1).
+
+Sign convention (one, everywhere in fpt): **a(x) = x - x\\***, the query's embedding minus the
+embedding of its nearest real reference, as in paper 002 Eq. 2. (The paper's Fig. 4 caption and
+the authors' code sometimes use x\\* - x; fpt never does.) In the freq space this is the log ratio
+of magnitude spectra, ``log|F(x)| - log|F(x*)|``: positive where the query has *more* energy than
+the closest real image.
+
+The distance to the manifold is ``|a(x)|`` (L2 in the space). It is also given per dimension
+(RMS) and as a percentile against the leave-one-out nearest-neighbour distances of real
+references measured at build time: ~50 means "as close as a typical real image", ~100 "farther
+than almost every real image is from the others".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fpt.errors import ConfigError
+from fpt.manifold.spaces import SpaceEmbedder, fixed_view
+from fpt.manifold.store import Manifold, ManifoldSpace
+
+#: Images projected per search batch.
+DEFAULT_BATCH = 256
+
+
+@dataclass
+class Projection:
+    """One image projected onto one space of the manifold."""
+
+    space: str
+    nearest_index: int
+    nearest_path: str
+    distance: float  # |a(x)|, L2 in the space
+    rms: float  # distance / sqrt(D)
+    percentile: float | None  # vs leave-one-out NN distances of real references
+    padded: bool  # image smaller than the view: mirror-padded, low confidence
+    artifact: np.ndarray  # a(x) = x - x*, shape of one point of the space
+    view: np.ndarray | None = None  # the fixed-size view of the query (3, S, S), for figures
+
+    def summary(self) -> dict:
+        return {
+            "space": self.space,
+            "nearest_index": self.nearest_index,
+            "nearest_path": self.nearest_path,
+            "distance": self.distance,
+            "rms": self.rms,
+            "percentile": self.percentile,
+            "low_confidence": self.padded,
+        }
+
+
+class Projector:
+    """Embeds images into one manifold space and finds their nearest references."""
+
+    def __init__(self, manifold: Manifold, space: str | None = None):
+        self.manifold = manifold
+        self.space: ManifoldSpace = manifold.space(space)
+        self.embedder = SpaceEmbedder(self.space.spec, manifold.device)
+        if self.embedder.dim != self.space.dim:
+            raise ConfigError(f"the {self.space.name} embedder gives {self.embedder.dim} dims but the manifold "
+                              f"stores {self.space.dim}", hint="rebuild the manifold with this extractor")
+
+    def views(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[bool]]:
+        spec = self.space.spec
+        out = [fixed_view(img, spec.size, spec.fit) for img in images]
+        return torch.stack([v for v, _ in out]), [p for _, p in out]
+
+    def project(self, images: Sequence[torch.Tensor], *, keep_views: bool = False,
+                batch_size: int = DEFAULT_BATCH) -> list[Projection]:
+        results: list[Projection] = []
+        for s in range(0, len(images), batch_size):
+            views, padded = self.views(images[s : s + batch_size])
+            emb = self.embedder(views).cpu().numpy().astype(np.float32)
+            nb = self.space.nearest(emb)
+            refs = self.space.rows(nb.index)
+            for j in range(emb.shape[0]):
+                # Exact difference of the stored rows: a manifold member gives exactly zero.
+                art = emb[j] - refs[j]
+                dist = float(np.sqrt(nb.sq_distance[j]))
+                results.append(Projection(
+                    space=self.space.name,
+                    nearest_index=int(nb.index[j]),
+                    nearest_path=self.manifold.paths[int(nb.index[j])],
+                    distance=dist,
+                    rms=float(dist / np.sqrt(self.space.dim)),
+                    percentile=self.space.percentile(dist),
+                    padded=padded[j],
+                    artifact=art.reshape(self.space.shape),
+                    view=views[j].cpu().numpy() if keep_views else None,
+                ))
+        return results
+
+
+class ArtifactRepresentation:
+    """Artifacts as a representation for ``fpt eval`` (H4's registry protocol).
+
+    ``embed_images(images)`` maps (3, H, W) [0, 1] tensors to rows ``a(x) = x - x*`` (flattened),
+    float32 (n, D). Construct with a manifold file (or an open :class:`Manifold`) and a space
+    held by it.
+    """
+
+    def __init__(self, manifold: str | Path | Manifold, space: str = "rgb", device: str = "auto"):
+        if not isinstance(manifold, Manifold):
+            from fpt.devices import select_device
+
+            manifold = Manifold(manifold, device=select_device(device))
+        self.manifold = manifold
+        self.projector = Projector(manifold, space)
+        self.space = space
+        self.name = f"artifact-{space}"
+
+    def embed_images(self, images: list[torch.Tensor]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.projector.space.dim), dtype=np.float32)
+        rows = [p.artifact.reshape(-1) for p in self.projector.project(images)]
+        return np.stack(rows).astype(np.float32)
+
+    def close(self) -> None:
+        self.manifold.close()
+
+
+def artifact_representations(manifold: str | Path, device: str = "auto") -> dict[str, ArtifactRepresentation]:
+    """One representation per space held by ``manifold``: ``{"artifact-rgb": ..., ...}``."""
+    from fpt.devices import select_device
+
+    m = Manifold(manifold, device=select_device(device))
+    return {f"artifact-{s}": ArtifactRepresentation(m, s) for s in m.spaces}
+
+
+# ----------------------------------------------------------------------------------- output
+
+
+def _display(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.transpose(img, (1, 2, 0)), 0.0, 1.0)
+
+
+def _signed(a: np.ndarray) -> tuple[np.ndarray, float]:
+    """(H, W) signed map of a (3, H, W) artifact (channel mean) and its symmetric colour limit."""
+    m = a.mean(axis=0)
+    lim = float(np.percentile(np.abs(m), 99.5)) or 1e-6
+    return m, lim
+
+
+def save_projection_figure(proj: Projection, space: ManifoldSpace, path: Path, title: str) -> Path:
+    """x, x*, a(x) (and for freq the spectra) as one PNG."""
+    from fpt.manifold.spaces import log_magnitude
+    from fpt.report import pyplot, save_figure
+
+    plt = pyplot()
+    ref = space.pixels(proj.nearest_index)
+    freq = proj.space == "freq"
+    feat = proj.space == "feat"
+    ncols = 6 if freq else 3
+    fig, axes = plt.subplots(1, ncols, figsize=(3.0 * ncols, 3.4), layout="constrained")
+    axes[0].imshow(_display(proj.view))
+    axes[0].set_title("x (query view)")
+    if ref is not None:
+        axes[1].imshow(_display(ref.numpy()))
+        axes[1].set_title(f"x* (nearest real #{proj.nearest_index})")
+    else:
+        axes[1].text(0.5, 0.5, "pixels not stored", ha="center", va="center")
+    if feat:
+        axes[2].plot(proj.artifact.reshape(-1), lw=0.6)
+        axes[2].set_title("a = x - x* (feature vector)")
+    elif freq:
+        def centred(img: torch.Tensor) -> np.ndarray:
+            return np.fft.fftshift(log_magnitude(img[None], space.spec.freq_eps)[0].mean(0).numpy())
+
+        q_spec = centred(torch.from_numpy(proj.view))
+        # x*'s spectrum is q - a exactly (a is the difference of the stored log spectra).
+        r_spec = q_spec - np.fft.fftshift(proj.artifact.mean(axis=0))
+        a_spec = np.fft.fftshift(proj.artifact.mean(axis=0))
+        lim = float(np.percentile(np.abs(a_spec), 99.5)) or 1e-6
+        axes[2].imshow(r_spec, cmap="viridis")
+        axes[2].set_title("log|F(x*)| (centred)")
+        axes[3].imshow(q_spec, cmap="viridis")
+        axes[3].set_title("log|F(x)| (centred)")
+        im = axes[4].imshow(a_spec, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[4].set_title("a = log|F(x)| - log|F(x*)|")
+        fig.colorbar(im, ax=axes[4], fraction=0.046)
+        # Azimuthal profile of the artifact: where in frequency the query departs from reality.
+        h, w = a_spec.shape
+        yy, xx = np.indices((h, w))
+        r = np.hypot(yy - h // 2, xx - w // 2).round().astype(int)
+        prof = np.bincount(r.ravel(), a_spec.ravel()) / np.maximum(np.bincount(r.ravel()), 1)
+        k = min(h, w) // 2
+        axes[5].plot(np.arange(k) / min(h, w), prof[:k])
+        axes[5].axhline(0, color="grey", lw=0.5)
+        axes[5].set_xlabel("frequency (cycles/px)")
+        axes[5].set_title("radial mean of a")
+    else:
+        m, lim = _signed(proj.artifact)
+        im = axes[2].imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[2].set_title("a = x - x* (channel mean)")
+        fig.colorbar(im, ax=axes[2], fraction=0.046)
+    for ax in axes[: (2 if feat else (5 if freq else 3))]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{title}   |a| = {proj.distance:.4g}" + (f" ({proj.percentile:.0f}th pct of real)" if proj.percentile is not None else ""))
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------------- fpt eval plug-in
+
+#: Temporary manifolds built from ``real_images=`` folders, per (folder, space), for this process.
+_ADHOC: dict[tuple[str, str], Path] = {}
+
+
+def _adhoc_manifold(real_images: str | Path, space: str, device: str) -> Path:
+    """Build (once per process) a manifold of ``real_images`` in a temporary folder."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from fpt.devices import select_device
+    from fpt.manifold.spaces import resolve_spec
+    from fpt.manifold.store import build_manifold
+
+    key = (str(Path(real_images).resolve()), space)
+    if key not in _ADHOC:
+        tmp = Path(tempfile.mkdtemp(prefix="fpt-manifold-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        dev = select_device(device)
+        build_manifold(real_images, tmp / "manifold.h5", [resolve_spec(space, None, "crop", None, dev)], device=dev)
+        _ADHOC[key] = tmp / "manifold.h5"
+    return _ADHOC[key]
+
+
+def _factory(space: str):
+    def make(manifold: str | Path | Manifold | None = None, device: str = "auto",
+             real_images: str | Path | None = None, **_: object) -> ArtifactRepresentation:
+        import os
+
+        source = manifold or os.environ.get("FPT_MANIFOLD") or None
+        if source is None and real_images is not None:
+            source = _adhoc_manifold(real_images, space, device)
+        if source is None:
+            raise ConfigError(f"method artifact-{space} needs a manifold of real images",
+                              hint="build one with `fpt manifold build REAL_DIR --space rgb,freq --out m.h5` "
+                                   "and pass --manifold m.h5 (or set FPT_MANIFOLD)")
+        return ArtifactRepresentation(source, space, device=device)
+
+    make.__doc__ = f"Artifacts a(x) = x - x* in the {space} space of a real-image manifold (paper 002)."
+    return make
+
+
+def register_representations(registry: dict) -> None:
+    """Hook called by :mod:`fpt.representations`: adds ``artifact-rgb``, ``artifact-freq``, ``artifact-feat``."""
+    for space in ("rgb", "freq", "feat"):
+        registry.setdefault(f"artifact-{space}", _factory(space))
