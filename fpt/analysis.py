@@ -80,7 +80,7 @@ def _arrays(power: torch.Tensor, acf: torch.Tensor) -> SpectrumArrays:
     af, av = S.angular_spectrum(pm)
     acf_c = S.fftshift(acf.mean(0))
     h, w = acf_c.shape
-    lag = min(ACF_LAGS, h // 2, w // 2)
+    lag = min(ACF_LAGS, (h - 1) // 2, (w - 1) // 2)  # +-lag must be distinct bins
     acf_c = acf_c[h // 2 - lag : h // 2 + lag + 1, w // 2 - lag : w // 2 + lag + 1]
     to_np = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
     return SpectrumArrays(
