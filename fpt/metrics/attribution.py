@@ -147,10 +147,10 @@ def threshold_at_far(scores, labels=None, far: float = 0.05) -> float:
     allowed = int(np.floor(far * imp.size + 1e-9))  # impostors that may be accepted
     if allowed >= imp.size:
         return float(imp[-1])
-    # accept at most `allowed`: threshold just above the (allowed+1)-th highest impostor, unless
-    # ties force it higher
-    t = float(np.nextafter(imp[allowed], np.inf))
-    return t
+    # accept at most `allowed`: threshold just above the (allowed+1)-th highest impostor. The step
+    # is one float32 ulp (exactly representable in float64 too), so the decision holds whether
+    # scores are later compared in float32 or float64.
+    return float(np.nextafter(np.float32(imp[allowed]), np.float32(np.inf)))
 
 
 def macro_f1(y_true, y_pred, labels=None) -> float:
@@ -187,7 +187,10 @@ def open_set_auroc(known_scores, unknown_scores) -> float:
 
 
 def l2_normalise(x: np.ndarray, axis: int = -1, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    """Unit rows; float32 input stays float32 (large baseline vectors), anything else -> float64."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        x = x.astype(np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
@@ -246,9 +249,14 @@ def pair_scores(emb: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     e = l2_normalise(emb)
     a2 = a[:, None] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
-    fa = l2_normalise(e[a2].mean(axis=1))
-    fb = l2_normalise(e[b2].mean(axis=1))
-    return np.sum(fa * fb, axis=1)
+    # chunk over pairs so (chunk, n_s, d) stays ~64 MB even for 65k-dim PRNU residuals
+    step = max(1, int(16_000_000 // max(1, a2.shape[1] * e.shape[1])))
+    out = np.empty(a2.shape[0], dtype=np.float64)
+    for i in range(0, a2.shape[0], step):
+        fa = l2_normalise(e[a2[i:i + step]].mean(axis=1, dtype=np.float64))
+        fb = l2_normalise(e[b2[i:i + step]].mean(axis=1, dtype=np.float64))
+        out[i:i + step] = np.sum(fa * fb, axis=1)
+    return out
 
 
 def k_shot_split(labels, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
