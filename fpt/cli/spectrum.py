@@ -136,11 +136,11 @@ def register(app: typer.Typer) -> None:
                     )
                     stem = A.output_stem(rep.path, root)
                     A.save_npz(one.arrays, out / f"{stem}.npz")
-                    save_figure(A.spectrum_figure(one.arrays, f"{rep.path.name} — residual {residual}", one.peaks), out / f"{stem}.png")
+                    save_figure(A.spectrum_figure(one.arrays, f"{rep.path.name} — residual {residual}", one.peaks), out / f"{stem}.png", tight=False)
             if len(result.images) > 1 or not write_each:
                 title = f"mean spectrum of {len(result.images)} image(s), {result.crop}px centre crop — residual {residual}"
                 A.save_npz(result.mean_arrays, out / "mean_spectrum.npz")
-                save_figure(A.spectrum_figure(result.mean_arrays, title, result.mean_peaks), out / "mean_spectrum.png")
+                save_figure(A.spectrum_figure(result.mean_arrays, title, result.mean_peaks), out / "mean_spectrum.png", tight=False)
             from fpt.storage import atomic_path
 
             with atomic_path(out / "summary.json") as tmp:
@@ -208,7 +208,7 @@ def register(app: typer.Typer) -> None:
         img = load_image(image) if image is not None else None
         demo = A.upsample_demo(img, size=size, seed=seed, threshold=threshold)
         if out is not None:
-            path = save_figure(A.upsample_demo_figure(demo), out / "upsample_demo.png")
+            path = save_figure(A.upsample_demo_figure(demo), out / "upsample_demo.png", tight=False)
             err_console.print(f"wrote {path}")
         if as_json:
             print_json({"source": demo.source, "replication_error": demo.replication_error, "steps": demo.steps})
