@@ -187,6 +187,7 @@ def analyse_cmd(
     unit: str = typer.Option("image", "--unit", help="Cluster single images or per-model mean fingerprints."),
     per_model: int = typer.Option(0, "--per-model", help="Use at most this many images per model (0 = all)."),
     save: Path = typer.Option(None, "--save", help="Also write the embeddings to this .npz."),
+    standardize: bool = typer.Option(False, "--standardize", help="z-score feature columns before clustering."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
     json_out: bool = typer.Option(False, "--json"),
@@ -232,12 +233,12 @@ def analyse_cmd(
     else:
         raise InputError("not a folder or an .npz file", path=source)
 
-    sep = an.separability(x, labels, seed=seed)
+    sep = an.separability(x, labels, seed=seed, standardize=standardize)
     fac = None
     if factors:
         table = an.synth_factor_table(sorted(set(labels))) if factors == "synth" else an.read_factor_csv(factors)
         names = [f.strip() for f in factor_names.split(",") if f.strip()] or None
-        fac = an.factor_nmi(x, labels, table, factors=names, unit=unit, seed=seed)
+        fac = an.factor_nmi(x, labels, table, factors=names, unit=unit, seed=seed, standardize=standardize)
     if json_out:
         print_json({"source": str(source), "representation": rep_name, "separability": sep,
                     "factor_nmi": fac, "failures": failures})

@@ -54,15 +54,20 @@ class FactorNMI:
 
 
 def standardise(x: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per column (constant columns left at 0) — k-means / silhouette /
-    Davies-Bouldin are scale-dependent, and one loud dimension should not decide them."""
+    """Zero mean, unit variance per column (constant columns left at 0), for ``standardize=True``."""
     x = np.asarray(x, dtype=np.float64)
     sd = x.std(axis=0)
     return (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
-def separability(features: np.ndarray, labels: Sequence[str], *, seed: int = 0) -> Separability:
-    """FDR (raw features, as the paper), k-means NMI / silhouette / DB (standardised features)."""
+def separability(features: np.ndarray, labels: Sequence[str], *, seed: int = 0,
+                 standardize: bool = False) -> Separability:
+    """FDR, k-means NMI vs the model labels, silhouette and Davies-Bouldin of one fingerprint set.
+
+    FDR always uses the raw features (as the paper). With ``standardize`` the clustering scores
+    use z-scored columns (for features mixing units); by default they use the raw features too,
+    since z-scoring lifts pure-noise dimensions to the weight of informative ones.
+    """
     x = np.asarray(features, dtype=np.float64)
     labels = np.asarray([str(v) for v in labels])
     if x.ndim != 2 or x.shape[0] != labels.size:
@@ -82,7 +87,7 @@ def separability(features: np.ndarray, labels: Sequence[str], *, seed: int = 0) 
         fdr, inter, intra = det.ratio, det.inter, det.intra
     else:
         notes.append("FDR needs at least two models with 4+ images")
-    xs = standardise(x)
+    xs = standardise(x) if standardize else x
     km_rows = np.arange(x.shape[0])
     if x.shape[0] > MAX_KMEANS_ROWS:
         km_rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], MAX_KMEANS_ROWS, replace=False))
@@ -107,6 +112,7 @@ def factor_nmi(
     factors: Sequence[str] | None = None,
     unit: str = "image",
     seed: int = 0,
+    standardize: bool = False,
 ) -> list[FactorNMI]:
     """NMI between k-means clusters of fingerprints and each design factor (see module docs).
 
@@ -126,7 +132,7 @@ def factor_nmi(
         x = np.stack([x[labels == m].mean(axis=0) for m in models])
         labels = np.asarray(models)
     names = list(factors) if factors else sorted({f for row in table.values() for f in row})
-    xs = standardise(x)
+    xs = standardise(x) if standardize else x
     out: list[FactorNMI] = []
     for f in names:
         vals = np.asarray([str(table[m].get(f, "")) for m in labels])
@@ -171,17 +177,25 @@ def read_factor_csv(path: str | Path) -> dict[str, dict[str, str]]:
 
 
 def synth_factor_table(models: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Design factors of synthetic models from their ids (``K2-L1-post-deconv-relu-bn/s003``)."""
+    """Design factors of synthetic models from their ids.
+
+    Accepts pool ids (``K2-L1-post-deconv-relu-bn/s003``), folder labels whose first path part
+    is an architecture id (``K2-L1-post-deconv-relu-bn/s003`` as a folder tree) and ids with a
+    ``-s003`` / ``_s003`` seed suffix.
+    """
+    import re
+
     from fpt.synth.space import factors, parse_arch_id
 
     table = {}
     for m in models:
+        head = m.strip("/").split("/")[0]
+        head = re.sub(r"[-_]s\d+$", "", head)
         try:
-            table[m] = factors(parse_arch_id(Path(m).name if "/" not in m else m))
-        except Exception:
-            # Folder trees: the model folder may be "<arch>/s003" or "<arch>-s003" or "<arch>".
-            head = m.split("/")[0]
             table[m] = factors(parse_arch_id(head))
+        except ConfigError:
+            raise ConfigError(f"model {m!r} is not named by a synthetic architecture id",
+                              hint="use --factors FILE.csv for other models") from None
     return table
 
 
