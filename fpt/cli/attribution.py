@@ -1,9 +1,546 @@
-"""CLI commands for the attribution stage (registered by fpt.cli)."""
+"""CLI for attribution: ``fpt embed | enroll | gallery ... | identify | verify | lineage | eval``.
+
+Thin shell: parse options, call fpt.extractor.embed / fpt.gallery / fpt.attribution /
+fpt.evaluation, render with fpt.report. Exit codes of ``fpt identify``: 0 every image identified,
+10 at least one image came back unknown, 11 every readable image identified but some files could
+not be read; errors use the FptError codes (2 input, 3 store/checkpoint, 4 extractor mismatch).
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import Optional
+
 import typer
+
+EXIT_UNKNOWN = 10
+EXIT_SOME_FAILED = 11
+
+_EXTRACTOR_HELP = "Extractor checkpoint (.pt); default: the weights shipped with fpt."
+_DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+_GALLERY_HELP = "Gallery file (default $FPT_GALLERY or $XDG_DATA_HOME/fpt/gallery.h5)."
+
+
+def load_extractor(path: Optional[Path], device: str):
+    """Indirection so tests can substitute a small extractor."""
+    from fpt.extractor.checkpoint import load_extractor as _load
+
+    return _load(path, device=device)
+
+
+def _gallery_path(p: Optional[Path]) -> Path:
+    from fpt.gallery import default_gallery_path
+
+    return Path(p) if p is not None else default_gallery_path()
+
+
+def _embed_paths(ex, paths: list[Path], *, windows: Optional[int], batch_size: int, quiet: bool,
+                 description: str = "embedding"):
+    """Embed files with a progress bar; returns (embeddings list, failures list)."""
+    from fpt.extractor.embed import EmbedFailure, iter_embeddings
+    from fpt.report import progress
+
+    ok, failed = [], []
+    with progress(transient=True, disable=quiet) as prog:
+        task = prog.add_task(description, total=len(paths))
+        for r in iter_embeddings(ex, paths, windows=windows, batch_size=batch_size,
+                                 on_done=lambda _p: prog.advance(task)):
+            (failed if isinstance(r, EmbedFailure) else ok).append(r)
+    return ok, failed
+
+
+def _report_failures(failed, quiet: bool = False) -> None:
+    from fpt.report import warn
+
+    for f in failed:
+        warn(f"skipped {f.reason}" if str(f.path) in f.reason else f"skipped {f.path}: {f.reason}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
+
+    # ------------------------------------------------------------ embed
+    @app.command("embed")
+    def embed_cmd(
+        paths: list[Path] = typer.Argument(..., help="Images and/or folders (searched recursively)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, paths, low_confidence, extractor hash)."),
+        extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
+        device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+        windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
+        batch_size: int = typer.Option(64, "--batch-size", help="Window crops per forward pass (bounds memory)."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    ) -> None:
+        """Write fingerprint embeddings of images to an .npz for analysis elsewhere."""
+        from fpt.extractor.embed import save_embeddings_npz
+        from fpt.images import find_images
+        from fpt.report import console, print_json
+
+        files = find_images(paths)
+        ex = load_extractor(extractor, device)
+        ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=json_out)
+        _report_failures(failed)
+        save_embeddings_npz(out, ok, ex)
+        summary = {"out": str(out), "images": len(ok), "failed": len(failed), "dim": int(ex.embedding_dim),
+                   "low_confidence": sum(r.low_confidence for r in ok), "extractor_sha256": ex.sha256}
+        if json_out:
+            print_json(summary)
+        else:
+            console.print(f"wrote {len(ok)} embeddings ({summary['dim']}-d, {summary['low_confidence']} low-confidence) "
+                          f"to {out}; {len(failed)} files skipped")
+
+    # ------------------------------------------------------------ enroll
+    @app.command("enroll")
+    def enroll_cmd(
+        model: str = typer.Argument(..., help="Model name (created if new, extended otherwise)."),
+        paths: list[Path] = typer.Argument(..., help="Images and/or folders made by that model."),
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+        meta: Optional[list[str]] = typer.Option(None, "--meta", help="key=value metadata (repeatable)."),
+        extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
+        device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+        windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Enroll a model from its images (re-enrolling an image already there is a no-op)."""
+        from fpt.gallery import add_embeddings, edit_gallery, file_sha256, load_gallery, parse_meta
+        from fpt.images import find_images
+        from fpt.report import console, print_json, warn
+
+        gpath = _gallery_path(gallery)
+        meta_d = parse_meta(meta)
+        files = find_images(paths)
+        n_input = len(files)
+        ex = load_extractor(extractor, device)
+        if gpath.exists():  # fail fast, before the slow part
+            g0 = load_gallery(gpath)
+            g0.check_extractor(ex.sha256)
+            if model in g0.models:
+                known = set(g0.models[model].hashes)
+                hashes = {p: file_sha256(p) for p in files}
+                files = [p for p in files if hashes[p] not in known]
+        ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=json_out,
+                                  description=f"enrolling {model}")
+        _report_failures(failed)
+        import numpy as np
+
+        with edit_gallery(gpath, create=True) as g:
+            res = add_embeddings(
+                g, model,
+                np.stack([r.embedding for r in ok]) if ok else np.zeros((0, int(ex.embedding_dim)), np.float32),
+                [str(r.path) for r in ok], [file_sha256(r.path) for r in ok],
+                np.array([r.low_confidence for r in ok], bool), ex.sha256, int(ex.embedding_dim), meta_d)
+            if res.total == 0:  # nothing readable for a new model: leave the gallery untouched
+                raise _no_images(model, failed)
+            cal = g.calibration
+        low = sum(r.low_confidence for r in ok)
+        skipped_dupes = n_input - len(files) + res.duplicates
+        if json_out:
+            print_json({"model": model, "gallery": str(gpath), "added": res.added,
+                        "already_enrolled": skipped_dupes,
+                        "failed": [{"path": str(f.path), "error": f.reason} for f in failed],
+                        "images": res.total, "low_confidence": low,
+                        "threshold": cal.threshold if cal else None})
+            return
+        console.print(f"enrolled [bold]{model}[/bold]: {res.added} new image(s), {skipped_dupes} already enrolled, "
+                      f"{len(failed)} unreadable; {res.total} image(s) in total -> {gpath}")
+        if low:
+            warn(f"{low} image(s) were smaller than the extractor's window and were mirror-padded (low confidence)")
+        if res.total < 10:
+            warn(f"{model} has {res.total} image(s); 10 or more make a much more reliable fingerprint")
+        if cal:
+            console.print(f"identification threshold recalibrated: {cal.threshold:.4f} at FAR {cal.far:g} "
+                          f"(expected false-reject rate {cal.expected_frr:.1%})")
+
+    def _no_images(model: str, failed):
+        from fpt.errors import EmptyInputError
+
+        return EmptyInputError(f"no readable images to enroll for '{model}' ({len(failed)} failed)")
+
+    # ------------------------------------------------------------ gallery sub-commands
+    gal = typer.Typer(help="Inspect and edit the gallery: list, show, remove, rename, export, import, calibrate.",
+                      no_args_is_help=True)
+    app.add_typer(gal, name="gallery")
+
+    @gal.command("list")
+    def gallery_list(
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Enrolled models with image counts and dates."""
+        from fpt.gallery import load_gallery
+        from fpt.report import print_json, print_table
+
+        g = load_gallery(_gallery_path(gallery))
+        rows = [[n, m.count, int(m.low_confidence.sum()), m.created, m.updated,
+                 ", ".join(f"{k}={v}" for k, v in sorted(m.meta.items()))] for n, m in sorted(g.models.items())]
+        if json_out:
+            print_json({"gallery": str(g.path), "extractor_sha256": g.extractor_sha256, "calibration": g.calibration,
+                        "models": [dict(zip(["name", "images", "low_confidence", "created", "updated", "meta"], r))
+                                   for r in rows]})
+            return
+        cal = g.calibration
+        cap = (f"extractor {(g.extractor_sha256 or '-')[:12]}; threshold "
+               + (f"{cal.threshold:.4f} at FAR {cal.far:g}" if cal else "not calibrated"))
+        print_table(f"gallery {g.path}", ["model", "images", "low-conf", "created", "updated", "meta"], rows,
+                    caption=cap)
+
+    @gal.command("show")
+    def gallery_show(
+        model: str = typer.Argument(...),
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """One model: metadata, fingerprint summary and its enrolled images."""
+        import numpy as np
+
+        from fpt.gallery import load_gallery
+        from fpt.report import console, print_json, print_table
+
+        g = load_gallery(_gallery_path(gallery))
+        m = g.get(model)
+        fp = m.fingerprint
+        self_sim = (m.embeddings @ fp).astype(float)
+        info = {"model": m.name, "images": m.count, "created": m.created, "updated": m.updated, "meta": m.meta,
+                "extractor_sha256": g.extractor_sha256, "fingerprint_norm_of_mean": float(
+                    np.linalg.norm(m.embeddings.mean(axis=0))) if m.count else None,
+                "images_list": [{"path": p, "sha256": h, "enrolled": d, "low_confidence": bool(lc),
+                                 "similarity_to_fingerprint": float(s)}
+                                for p, h, d, lc, s in zip(m.paths, m.hashes, m.dates, m.low_confidence, self_sim)]}
+        if json_out:
+            print_json(info)
+            return
+        console.print(f"[bold]{m.name}[/bold]: {m.count} images, created {m.created}, updated {m.updated}")
+        if m.meta:
+            console.print("meta: " + ", ".join(f"{k}={v}" for k, v in sorted(m.meta.items())))
+        console.print(f"consistency (|mean of unit embeddings|, 1 = identical): {info['fingerprint_norm_of_mean']:.3f}")
+        print_table(None, ["path", "sha256", "enrolled", "low-conf", "cos to fingerprint"],
+                    [[p, h[:12], d, bool(lc), float(s)] for p, h, d, lc, s in
+                     zip(m.paths, m.hashes, m.dates, m.low_confidence, self_sim)])
+
+    @gal.command("remove")
+    def gallery_remove(
+        model: str = typer.Argument(...),
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+    ) -> None:
+        """Remove a model and all its images."""
+        from fpt.gallery import edit_gallery, remove_model
+        from fpt.report import console
+
+        with edit_gallery(_gallery_path(gallery)) as g:
+            remove_model(g, model)
+        console.print(f"removed {model}")
+
+    @gal.command("rename")
+    def gallery_rename(
+        old: str = typer.Argument(...), new: str = typer.Argument(...),
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+    ) -> None:
+        """Rename a model."""
+        from fpt.gallery import edit_gallery, rename_model
+        from fpt.report import console
+
+        with edit_gallery(_gallery_path(gallery)) as g:
+            rename_model(g, old, new)
+        console.print(f"renamed {old} -> {new}")
+
+    @gal.command("export")
+    def gallery_export(
+        out: Path = typer.Argument(..., help="CSV file to write (one row per enrolled image, with its embedding)."),
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+    ) -> None:
+        """Export every enrolled image (model, path, sha256, date, metadata, embedding) to CSV."""
+        from fpt.gallery import export_csv, load_gallery
+        from fpt.report import console
+
+        n = export_csv(load_gallery(_gallery_path(gallery)), out)
+        console.print(f"wrote {n} rows to {out}")
+
+    @gal.command("import")
+    def gallery_import(
+        src: Path = typer.Argument(..., help="CSV written by `fpt gallery export`."),
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+    ) -> None:
+        """Merge a CSV export into the gallery (same extractor only; duplicates skipped)."""
+        from fpt.gallery import edit_gallery, import_csv
+        from fpt.report import console
+
+        with edit_gallery(_gallery_path(gallery), create=True) as g:
+            res = import_csv(g, src)
+        for r in res:
+            console.print(f"{r.model}: {r.added} added, {r.duplicates} already there, {r.total} in total")
+
+    @gal.command("calibrate")
+    def gallery_calibrate(
+        far: float = typer.Option(0.05, "--far", help="False-accept rate to allow for unknown images."),
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Choose and store the identification threshold from the gallery's own images.
+
+        Leave-one-out: each enrolled image is scored against its own model's fingerprint rebuilt
+        without it (genuine) and against the best other model (as if its model were unknown:
+        impostor). The threshold lets through at most --far of the impostors.
+        """
+        from fpt.attribution import verify_threshold
+        from fpt.gallery import calibrate, edit_gallery
+        from fpt.report import console, print_json, print_table
+
+        with edit_gallery(_gallery_path(gallery)) as g:
+            cal = calibrate(g, far)
+        vrows = []
+        for n_s in (1, 5, 10):
+            try:
+                v = verify_threshold(g, n_s, far)
+                vrows.append(v)
+            except Exception:
+                pass
+        if json_out:
+            print_json({"identification": cal, "verification": vrows})
+            return
+        print_table("identification threshold (stored in the gallery)",
+                    ["FAR asked", "threshold", "expected FAR", "expected FRR", "LOO top-1 acc", "genuine", "impostor"],
+                    [[cal.far, cal.threshold, cal.expected_far, cal.expected_frr, cal.loo_accuracy,
+                      cal.n_genuine, cal.n_impostor]])
+        if vrows:
+            print_table("verification thresholds (computed on the fly by `fpt verify`)",
+                        ["N_S", "threshold", "expected FAR", "expected FRR"],
+                        [[v.n_s, v.threshold, v.expected_far, v.expected_frr] for v in vrows])
+        console.print("expected rates are measured on the gallery's own images (leave-one-out); "
+                      "enroll more images per model for tighter estimates")
+
+    # ------------------------------------------------------------ identify
+    @app.command("identify")
+    def identify_cmd(
+        paths: list[Path] = typer.Argument(..., help="Images and/or folders to attribute."),
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+        top_k: int = typer.Option(3, "--top-k", "-k", help="How many candidate models to list."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the calibrated threshold."),
+        extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
+        device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+        windows: Optional[int] = typer.Option(None, "--windows"),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        json_out: bool = typer.Option(False, "--json", help="JSON to stdout."),
+        csv_out: bool = typer.Option(False, "--csv", help="CSV to stdout."),
+    ) -> None:
+        """Which enrolled model made each image, or unknown (exit 10 if any unknown)."""
+        import numpy as np
+
+        from fpt.attribution import identify_embeddings
+        from fpt.gallery import load_gallery
+        from fpt.images import find_images
+        from fpt.report import console, print_json, print_table, warn
+
+        if json_out and csv_out:
+            from fpt.errors import ConfigError
+
+            raise ConfigError("--json and --csv are exclusive")
+        g = load_gallery(_gallery_path(gallery))
+        if not g.models:
+            from fpt.errors import InputError
+
+            raise InputError("the gallery has no models", path=g.path, hint="fpt enroll MODEL IMAGES...")
+        files = find_images(paths)
+        ex = load_extractor(extractor, device)
+        g.check_extractor(ex.sha256)
+        quiet = json_out or csv_out
+        if threshold is None and g.calibration is None:
+            warn("gallery is not calibrated (needs 2+ models with 2+ images): no image can come back unknown; "
+                 "pass --threshold or enroll more models")
+        ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=quiet, description="identifying")
+        _report_failures(failed)
+        results = []
+        if ok:
+            results = identify_embeddings(g, np.stack([r.embedding for r in ok]), top_k=top_k, threshold=threshold,
+                                          paths=[str(r.path) for r in ok],
+                                          low_confidence=np.array([r.low_confidence for r in ok]))
+        n_unknown = sum(not r.identified for r in results)
+        src = "--threshold" if threshold is not None else ("calibrated" if g.calibration else "none")
+        t_used = threshold if threshold is not None else (g.calibration.threshold if g.calibration else None)
+        if json_out:
+            print_json({"gallery": str(g.path), "threshold": t_used, "threshold_source": src,
+                        "results": [{"path": r.path, "model": r.model, "score": r.score, "best_model": r.best_model,
+                                     "top": [{"model": m, "score": s} for m, s in r.top],
+                                     "low_confidence": r.low_confidence} for r in results],
+                        "failed": [{"path": str(f.path), "error": f.reason} for f in failed],
+                        "summary": {"images": len(results), "identified": len(results) - n_unknown,
+                                    "unknown": n_unknown, "failed": len(failed)}})
+        elif csv_out:
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["path", "model", "score", "best_model", "low_confidence", "threshold"]
+                       + [f"top{i + 1}_{c}" for i in range(top_k) for c in ("model", "score")])
+            for r in results:
+                tops = [x for m, s in r.top for x in (m, f"{s:.6f}")]
+                w.writerow([r.path, r.model, f"{r.score:.6f}", r.best_model, int(r.low_confidence),
+                            "" if t_used is None else f"{t_used:.6f}"] + tops)
+            for f in failed:
+                w.writerow([str(f.path), "error", "", "", "", ""])
+            sys.stdout.write(buf.getvalue())
+        else:
+            rows = []
+            for r in results:
+                tops = ", ".join(f"{m} {s:.3f}" for m, s in r.top)
+                decided = r.model if r.identified else f"[red]unknown[/red]"
+                rows.append([r.path, decided, r.score, tops, "yes" if r.low_confidence else ""])
+            from rich.table import Table
+
+            table = Table(title=f"identification against {g.path.name} ({len(g.models)} models)",
+                          caption=f"threshold {t_used:.4f} ({src})" if t_used is not None else "no threshold")
+            for c in ("image", "model", "score", f"top-{min(top_k, len(g.models))}", "low-conf"):
+                table.add_column(c, justify="left" if c in ("image", "model") else "right", overflow="fold")
+            for row in rows:
+                table.add_row(str(row[0]), row[1], f"{row[2]:.4f}", row[3], row[4])
+            console.print(table)
+            if len(results) > 1 or failed:
+                from collections import Counter
+
+                cnt = Counter(r.model for r in results)
+                console.print(f"{len(results)} image(s): " + ", ".join(f"{m} {n}" for m, n in cnt.most_common())
+                              + (f"; {len(failed)} unreadable" if failed else ""))
+        if n_unknown:
+            raise SystemExit(EXIT_UNKNOWN)  # not typer.Exit: fpt.cli.main drops its code
+        if failed:
+            raise SystemExit(EXIT_SOME_FAILED)
+
+    # ------------------------------------------------------------ verify
+    @app.command("verify")
+    def verify_cmd(
+        a: list[Path] = typer.Argument(..., help="Side A: an image or folder (N_S images are averaged)."),
+        b: Path = typer.Argument(..., help="Side B: an image or folder."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated "
+                                                  "on the gallery's images for this N_S)."),
+        far: float = typer.Option(0.05, "--far", help="False-accept rate for the calibrated threshold."),
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+        extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
+        device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+        windows: Optional[int] = typer.Option(None, "--windows"),
+        batch_size: int = typer.Option(64, "--batch-size"),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Were A and B made by the same model? Exit 0 same, 10 different."""
+        import numpy as np
+
+        from fpt.attribution import verify_embeddings, verify_threshold
+        from fpt.errors import ConfigError, EmptyInputError
+        from fpt.gallery import load_gallery
+        from fpt.images import find_images
+        from fpt.report import console, print_json
+
+        if len(a) != 1:
+            raise ConfigError("verify takes exactly two arguments: A and B (each an image or a folder)")
+        fa, fb = find_images(a[0]), find_images(b)
+        ex = load_extractor(extractor, device)
+        oka, faila = _embed_paths(ex, fa, windows=windows, batch_size=batch_size, quiet=json_out, description="side A")
+        okb, failb = _embed_paths(ex, fb, windows=windows, batch_size=batch_size, quiet=json_out, description="side B")
+        _report_failures(faila + failb)
+        if not oka or not okb:
+            raise EmptyInputError("no readable images on side " + ("A" if not oka else "B"))
+        n_s = min(len(oka), len(okb))
+        if threshold is not None:
+            t, src = threshold, "--threshold"
+        else:
+            g = load_gallery(_gallery_path(gallery))
+            g.check_extractor(ex.sha256)
+            vc = verify_threshold(g, n_s, far)
+            t, src = vc.threshold, f"calibrated on {g.path.name} at FAR {far:g}, N_S={vc.n_s}"
+        low = any(r.low_confidence for r in oka + okb)
+        v = verify_embeddings(np.stack([r.embedding for r in oka]), np.stack([r.embedding for r in okb]), t, src, low)
+        if json_out:
+            print_json(v)
+        else:
+            verdict = "[green]same model[/green]" if v.same_model else "[red]different models[/red]"
+            console.print(f"similarity {v.similarity:.4f} (A: {v.n_a} image(s), B: {v.n_b} image(s)) -> {verdict}")
+            console.print(f"threshold {v.threshold:.4f} ({v.threshold_source})")
+            if low:
+                console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]")
+        if not v.same_model:
+            raise SystemExit(EXIT_UNKNOWN)  # not typer.Exit: fpt.cli.main drops its code
+
+    # ------------------------------------------------------------ lineage
+    @app.command("lineage")
+    def lineage_cmd(
+        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dendrogram PNG (default: lineage.png)."),
+        models: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Only these models (repeatable)."),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Cluster the gallery's fingerprints (cosine, average linkage): dendrogram PNG + text tree."""
+        import numpy as np
+
+        from fpt.attribution import lineage
+        from fpt.gallery import load_gallery
+        from fpt.report import console, print_json
+
+        g = load_gallery(_gallery_path(gallery))
+        names = list(models) if models else g.names()
+        fps = np.stack([g.get(n).fingerprint for n in names]) if names else np.zeros((0, 1))
+        lin = lineage(names, fps)
+        png = lin.plot(out or Path("lineage.png"))
+        if json_out:
+            from scipy.spatial.distance import squareform
+
+            print_json({"models": names, "linkage": lin.linkage, "png": str(png),
+                        "cosine_distance": squareform(lin.distances)})
+            return
+        console.print(lin.text_tree(), markup=False)
+        console.print(f"dendrogram written to {png}")
+
+    # ------------------------------------------------------------ eval
+    @app.command("eval")
+    def eval_cmd(
+        root: Path = typer.Argument(..., help="ROOT/<model>/* labelled folders (cnndetection <gen>/fake = model <gen>)."),
+        methods: str = typer.Option("fpt,prnu,spectrum", "--methods", help="Comma-separated: fpt, prnu, spectrum, ..."),
+        extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
+        device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+        out: Path = typer.Option(Path("fpt-eval"), "--out", "-o", help="Folder for ROC / histogram PNGs and eval.json."),
+        seed: int = typer.Option(0, "--seed"),
+        pairs: int = typer.Option(2000, "--pairs", help="Test pairs per N_S (balanced)."),
+        repeats: int = typer.Option(5, "--repeats", help="Random gallery / unknown draws averaged."),
+        k_shot: int = typer.Option(10, "--k-shot", help="Images per model in the identification gallery."),
+        unknown_fraction: float = typer.Option(0.3, "--unknown-fraction", help="Share of models held out as unknown."),
+        far: float = typer.Option(0.05, "--far", help="FAR for the open-set threshold (gallery calibration)."),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Verification, identification, open-set and clustering metrics for several methods, same splits."""
+        from fpt.evaluation import SUMMARY_COLUMNS, evaluate, per_model_rows, plot_group, summary_rows, to_json
+        from fpt.report import console, dumps_json, print_json, print_table, progress, warn
+        from fpt.storage import atomic_path
+
+        mlist = [m.strip() for m in methods.split(",") if m.strip()]
+        with progress(transient=True, disable=json_out) as prog:
+            def make(desc: str, total: int):
+                task = prog.add_task(desc, total=total)
+                return lambda n: prog.advance(task, n)
+
+            res = evaluate(root, mlist, seed=seed, n_pairs=pairs, k_shot=k_shot, repeats=repeats,
+                           unknown_fraction=unknown_fraction, far=far,
+                           representation_kwargs={"extractor": extractor, "device": device}, progress=make)
+        out.mkdir(parents=True, exist_ok=True)
+        pngs = []
+        for g in res.groups:
+            if g.methods:
+                pngs += plot_group(g, out)
+        data = to_json(res)
+        data["figures"] = [str(p) for p in pngs]
+        with atomic_path(out / "eval.json") as tmp:
+            tmp.write_text(dumps_json(data))
+        if json_out:
+            print_json(data)
+            return
+        for p, e in res.failures:
+            warn(f"skipped {e}")
+        for g in res.groups:
+            title = f"{g.group}: {len(g.models)} models, {sum(g.counts.values())} images"
+            if not g.methods:
+                console.print(f"{title} — " + "; ".join(g.notes))
+                continue
+            print_table(title, SUMMARY_COLUMNS, summary_rows(g),
+                        caption="acc = accuracy at the threshold chosen on a separate calibration split")
+            cols, rows = per_model_rows(g)
+            print_table(f"{g.group}: 10-shot identification accuracy per model", cols, rows)
+            for n in g.notes:
+                console.print(f"  note: {n}")
+        console.print(f"figures and eval.json in {out}/")

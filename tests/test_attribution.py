@@ -1,0 +1,244 @@
+"""End-to-end attribution through the CLI: enroll -> calibrate -> identify / verify / lineage / embed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_embed import FakeExtractor, real_extractor, save_png, write_model_folder
+
+import fpt.cli.attribution as cli_attr
+from fpt.attribution import identify_embeddings, lineage, verify_embeddings
+from fpt.cli import main
+from fpt.gallery import Gallery, ModelEntry, load_gallery
+
+REPO = Path(__file__).resolve().parents[1]
+N_MODELS = 4
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    ex = FakeExtractor()
+    monkeypatch.setattr(cli_attr, "load_extractor", lambda path, device: ex)
+    return ex
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    enroll = {m: write_model_folder(root / "enroll", m, 12, size=64, seed=1) for m in range(N_MODELS)}
+    probes = {m: write_model_folder(root / "probe", m, 3, size=64, seed=2) for m in range(N_MODELS + 1)}
+    return root, enroll, probes
+
+
+def _run_json(capsys, args):
+    code = main(args + ["--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def _built_gallery(data, tmp_path_factory):
+    """Enroll the toy models once per module (through the CLI); tests get a private copy."""
+    _, enroll, _ = data
+    g = tmp_path_factory.mktemp("gallery") / "g.h5"
+    ex = FakeExtractor()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_attr, "load_extractor", lambda path, device: ex)
+        for m, d in enroll.items():
+            assert main(["enroll", f"model{m}", str(d), "--gallery", str(g), "--meta", f"seed={m}"]) == 0
+    return g
+
+
+@pytest.fixture
+def gallery(_built_gallery, tmp_path, fake, capsys):
+    g = tmp_path / "g.h5"
+    g.write_bytes(_built_gallery.read_bytes())
+    capsys.readouterr()
+    return g
+
+
+def test_enroll_identify_right_model_and_unknown(gallery, data, capsys):
+    _, _, probes = data
+    g = load_gallery(gallery)
+    assert g.names() == [f"model{m}" for m in range(N_MODELS)]
+    assert g.calibration is not None and g.calibration.models == N_MODELS  # auto-calibrated at FAR 0.05
+    assert g.get("model2").meta == {"seed": "2"}
+    for m in range(N_MODELS):
+        code, res = _run_json(capsys, ["identify", str(probes[m]), "--gallery", str(gallery)])
+        assert code == 0, res
+        assert [r["model"] for r in res["results"]] == [f"model{m}"] * 3
+        assert res["summary"]["unknown"] == 0
+    # model 4 was never enrolled: below the calibrated threshold -> unknown, exit code 10
+    code, res = _run_json(capsys, ["identify", str(probes[N_MODELS]), "--gallery", str(gallery)])
+    assert code == cli_attr.EXIT_UNKNOWN, res
+    assert all(r["model"] == "unknown" for r in res["results"])
+    assert all(r["score"] < res["threshold"] for r in res["results"])
+    assert res["threshold_source"] == "calibrated"
+
+
+def test_identify_table_csv_and_threshold_override(gallery, data, capsys):
+    _, _, probes = data
+    code = main(["identify", str(probes[1]), str(probes[N_MODELS]), "--gallery", str(gallery), "--csv", "-k", "2"])
+    assert code == cli_attr.EXIT_UNKNOWN
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 6 and [r["model"] for r in rows[:3]] == ["model1"] * 3
+    assert {r["model"] for r in rows[3:]} == {"unknown"} and "top2_score" in rows[0]
+    # a threshold of -1 accepts everything
+    assert main(["identify", str(probes[N_MODELS]), "--gallery", str(gallery), "--threshold", "-1"]) == 0
+    out = capsys.readouterr().out
+    assert "model" in out and "threshold -1" in out
+
+
+def test_identify_folder_with_broken_file(gallery, data, tmp_path, capsys):
+    _, _, probes = data
+    d = tmp_path / "mixed"
+    d.mkdir()
+    for p in sorted(probes[0].iterdir()):
+        (d / p.name).write_bytes(p.read_bytes())
+    (d / "broken.png").write_bytes(b"\x89PNG garbage")
+    code = main(["identify", str(d), "--gallery", str(gallery)])
+    captured = capsys.readouterr()
+    assert code == cli_attr.EXIT_SOME_FAILED
+    assert "broken.png" in captured.err and "model0 3" in captured.out
+
+
+def test_reenroll_noop_and_per_file_failures(gallery, data, tmp_path, capsys):
+    _, enroll, _ = data
+    before = load_gallery(gallery).get("model0").count
+    code, res = _run_json(capsys, ["enroll", "model0", str(enroll[0]), "--gallery", str(gallery)])
+    assert code == 0 and res["added"] == 0 and res["already_enrolled"] == before
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("nope")
+    extra = tmp_path / "extra.png"
+    from test_embed import model_images
+
+    save_png(model_images(0, 1, 64, seed=9)[0], extra)
+    code, res = _run_json(capsys, ["enroll", "model0", str(bad), str(extra), "--gallery", str(gallery)])
+    assert code == 0 and res["added"] == 1 and len(res["failed"]) == 1
+    assert load_gallery(gallery).get("model0").count == before + 1
+    # nothing readable for a new model: clean error, gallery unchanged
+    code = main(["enroll", "ghost", str(bad), "--gallery", str(gallery)])
+    assert code == 2 and "ghost" not in load_gallery(gallery).models
+
+
+def test_verify_same_and_different(gallery, data, capsys):
+    _, enroll, probes = data
+    code, v = _run_json(capsys, ["verify", str(probes[2]), str(enroll[2]), "--gallery", str(gallery)])
+    assert code == 0 and v["same_model"] is True and v["n_a"] == 3 and v["n_b"] == 12
+    assert "calibrated" in v["threshold_source"] and "N_S=3" in v["threshold_source"]
+    code, v = _run_json(capsys, ["verify", str(probes[2]), str(enroll[3]), "--gallery", str(gallery)])
+    assert code == cli_attr.EXIT_UNKNOWN and v["same_model"] is False
+    assert v["similarity"] < v["threshold"]
+    # single images, explicit threshold
+    a = sorted(probes[1].iterdir())[0]
+    b = sorted(enroll[1].iterdir())[0]
+    code, v = _run_json(capsys, ["verify", str(a), str(b), "--threshold", "0.5"])
+    assert v["threshold"] == 0.5 and v["threshold_source"] == "--threshold" and code == (0 if v["same_model"] else 10)
+
+
+def test_gallery_commands(gallery, tmp_path, capsys):
+    assert main(["gallery", "list", "--gallery", str(gallery)]) == 0
+    out = capsys.readouterr().out
+    assert "model3" in out and "seed=3" in out
+    code, info = _run_json(capsys, ["gallery", "show", "model1", "--gallery", str(gallery)])
+    assert code == 0 and info["images"] == 12 and len(info["images_list"]) == 12
+    code, cal = _run_json(capsys, ["gallery", "calibrate", "--far", "0.01", "--gallery", str(gallery)])
+    assert code == 0 and cal["identification"]["far"] == 0.01
+    assert load_gallery(gallery).calibration.far == 0.01
+    assert main(["gallery", "rename", "model3", "renamed", "--gallery", str(gallery)]) == 0
+    assert main(["gallery", "export", str(tmp_path / "g.csv"), "--gallery", str(gallery)]) == 0
+    assert main(["gallery", "remove", "renamed", "--gallery", str(gallery)]) == 0
+    g = load_gallery(gallery)
+    assert "renamed" not in g.models and g.calibration.far == 0.01  # FAR kept across edits
+    assert main(["gallery", "import", str(tmp_path / "g.csv"), "--gallery", str(gallery)]) == 0
+    assert "renamed" in load_gallery(gallery).models
+    assert main(["gallery", "remove", "nope", "--gallery", str(gallery)]) == 2
+
+
+def test_lineage_cli(gallery, tmp_path, capsys):
+    png = tmp_path / "lin.png"
+    assert main(["lineage", "--gallery", str(gallery), "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.stat().st_size > 1000
+    assert all(f"model{m}" in out for m in range(N_MODELS))
+
+
+def test_embed_cli(data, fake, tmp_path, capsys):
+    _, enroll, _ = data
+    out = tmp_path / "e.npz"
+    code, res = _run_json(capsys, ["embed", str(enroll[0]), "--out", str(out)])
+    assert code == 0 and res["images"] == 12
+    z = np.load(out, allow_pickle=False)
+    assert z["embeddings"].shape == (12, 64) and str(z["extractor_sha256"]) == fake.sha256
+
+
+def test_lineage_groups_variants():
+    rng = np.random.default_rng(0)
+    base = {n: rng.normal(size=32) for n in ("ganA", "ganB", "diffusion")}
+    names, fps = [], []
+    for n, v in base.items():
+        for k in range(2):
+            names.append(f"{n}-v{k}")
+            fps.append(v + rng.normal(0, 0.1, 32))
+    lin = lineage(names, np.stack(fps))
+    # the first three merges join each base model's two variants
+    first = lin.linkage[:3, :2].astype(int)
+    pairs = {frozenset(names[i][:-3] for i in row) for row in first}
+    assert pairs == {frozenset({"ganA"}), frozenset({"ganB"}), frozenset({"diffusion"})}
+    tree = lin.text_tree()
+    assert all(n in tree for n in names)
+
+
+def test_identify_and_verify_functions():
+    g = Gallery(Path("x"))
+    g.models["a"] = ModelEntry("a", np.array([[1, 0, 0], [0.9, 0.1, 0]], np.float32))
+    g.models["b"] = ModelEntry("b", np.array([[0, 1, 0]], np.float32))
+    res = identify_embeddings(g, np.array([[1, 0.05, 0], [0, 0, 1]], np.float32), top_k=5, threshold=0.5)
+    assert res[0].model == "a" and [m for m, _ in res[0].top] == ["a", "b"]
+    assert res[1].model == "unknown" and res[1].score == pytest.approx(0.0, abs=1e-6)
+    v = verify_embeddings(np.array([[1, 0, 0], [0.8, 0.2, 0]]), np.array([[1, 0.1, 0]]), 0.9)
+    assert v.same_model and v.n_a == 2 and v.n_b == 1
+
+
+def test_enroll_with_other_extractor_refused(tmp_path, capsys):
+    """Two real (H3) checkpoints: a gallery made with one refuses the other."""
+    ex1 = real_extractor(tmp_path / "one.pt")
+    import torch
+
+    from fpt.extractor.checkpoint import save_extractor
+    from fpt.extractor.net import build_net
+
+    torch.manual_seed(1)
+    save_extractor(tmp_path / "two.pt", build_net(backbone="resnet18", width=0.125, embedding_dim=16, crop_size=32))
+    d = write_model_folder(tmp_path, 0, 3, size=40)
+    g = tmp_path / "g.h5"
+    assert main(["enroll", "m0", str(d), "--gallery", str(g), "--extractor", str(ex1), "--device", "cpu"]) == 0
+    before = g.read_bytes()
+    code = main(["enroll", "m1", str(d), "--gallery", str(g), "--extractor", str(tmp_path / "two.pt")])
+    err = capsys.readouterr().err
+    assert code == 4 and "re-enroll" in err and g.read_bytes() == before
+    assert main(["identify", str(d), "--gallery", str(g), "--extractor", str(tmp_path / "two.pt")]) == 4
+
+
+def test_two_concurrent_enroll_processes(tmp_path):
+    """Two `fpt enroll` processes on one gallery at the same time: both models land, complete."""
+    ex = real_extractor(tmp_path / "x.pt")
+    dirs = [write_model_folder(tmp_path, m, 4, size=32) for m in (0, 1)]
+    g = tmp_path / "g.h5"
+    launcher = "import sys; from fpt.cli import main; sys.exit(main(sys.argv[1:]))"
+    procs = [subprocess.Popen([sys.executable, "-c", launcher, "--threads", "1", "enroll", f"m{i}", str(d),
+                               "--gallery", str(g), "--extractor", str(ex), "--device", "cpu"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i, d in enumerate(dirs)]
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err.decode()
+    gal = load_gallery(g)
+    assert gal.names() == ["m0", "m1"] and [gal.get(n).count for n in gal.names()] == [4, 4]
