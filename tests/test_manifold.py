@@ -243,3 +243,17 @@ def test_registered_in_eval_registry(manifold_file):
 
 def test_default_chunk_is_sane():
     assert DEFAULT_CHUNK_ROWS >= 256
+
+
+def test_write_manifold_from_arrays(tmp_path, rng):
+    from fpt.manifold.store import write_manifold
+
+    feats = rng.random((12, 3 * 8 * 8)).astype(np.float32)
+    out = write_manifold(tmp_path / "w.h5", {"rgb": (SpaceSpec("rgb", size=8), feats)}, [f"p{i}" for i in range(12)])
+    with Manifold(out) as m:
+        assert m.count == 12 and m.paths[3] == "p3"
+        nb = m.space("rgb").nearest(feats[[3, 9]])
+        assert list(nb.index) == [3, 9] and np.all(nb.sq_distance == 0)
+        assert m.space("rgb").calib_nn.size == 12
+    with pytest.raises(ConfigError):
+        write_manifold(tmp_path / "bad.h5", {"rgb": (SpaceSpec("rgb", size=8), feats)}, ["only-one"])

@@ -70,7 +70,7 @@ class Neighbours:
 
 def _candidate_search(
     queries: torch.Tensor,
-    chunks: Iterator[tuple[int, torch.Tensor]],
+    chunks: Iterator[tuple[int, torch.Tensor, torch.Tensor | None]],
     device: torch.device,
     candidates: int,
     exclude: np.ndarray | None,
@@ -83,9 +83,10 @@ def _candidate_search(
     best_i = torch.zeros((nq, 0), dtype=torch.long, device=device)
     excl = None if exclude is None else torch.as_tensor(exclude, dtype=torch.long, device=device)
     rows_q = torch.arange(nq, device=device)
-    for start, ref in chunks:
+    for start, ref, ref_sq in chunks:
         r = ref.to(device, torch.float32)
-        d = torch.addmm(q_sq + (r * r).sum(dim=1)[None, :], q, r.T, beta=1.0, alpha=-2.0)
+        r_sq = (r * r).sum(dim=1) if ref_sq is None else ref_sq.to(device)
+        d = torch.addmm(q_sq + r_sq[None, :], q, r.T, beta=1.0, alpha=-2.0)
         if excl is not None:
             local = excl - start
             hit = (local >= 0) & (local < r.shape[0])
@@ -101,20 +102,33 @@ def _candidate_search(
 
 
 def _rerank(queries: np.ndarray, cand: np.ndarray, cand_d: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray]) -> Neighbours:
-    """Exact float64 re-ranking of candidate rows; ties go to the lowest index."""
+    """Exact float64 re-ranking of candidate rows; ties go to the lowest index.
+
+    Vectorised over blocks of queries (elementwise NumPy, no BLAS: tiny dot products through a
+    threaded BLAS cost milliseconds each on a busy machine).
+    """
     valid = np.isfinite(cand_d)
+    nq, nc = cand.shape
+    best_i = np.full(nq, -1, dtype=np.int64)
+    best_d = np.full(nq, np.inf)
     flat = np.unique(cand[valid])
-    rows = fetch(flat).astype(np.float64)
-    pos = {int(r): i for i, r in enumerate(flat)}
-    q = queries.astype(np.float64)
-    best_i = np.full(q.shape[0], -1, dtype=np.int64)
-    best_d = np.full(q.shape[0], np.inf)
-    for qi in range(q.shape[0]):
-        for ci in sorted(set(int(c) for c, ok in zip(cand[qi], valid[qi]) if ok)):
-            diff = q[qi] - rows[pos[ci]]
-            dd = float(diff @ diff)
-            if dd < best_d[qi]:
-                best_d[qi], best_i[qi] = dd, ci
+    if flat.size == 0:
+        return Neighbours(best_i, best_d)
+    rows = fetch(flat)
+    # position of each candidate in ``rows`` (invalid candidates point at row 0 and are masked)
+    pos = np.searchsorted(flat, np.where(valid, cand, flat[0]))
+    block = max(1, (1 << 24) // max(1, nc * rows.shape[1]))  # ~128 MiB of float64 per block
+    for s in range(0, nq, block):
+        e = min(nq, s + block)
+        diff = rows[pos[s:e]].astype(np.float64) - queries[s:e, None, :].astype(np.float64)
+        d = np.einsum("qcd,qcd->qc", diff, diff)
+        d[~valid[s:e]] = np.inf
+        # lexicographic (distance, index): the lowest index wins exact ties
+        order = np.lexsort((np.where(valid[s:e], cand[s:e], np.iinfo(np.int64).max), d), axis=-1)
+        first = order[:, 0]
+        rr = np.arange(e - s)
+        best_d[s:e] = d[rr, first]
+        best_i[s:e] = np.where(np.isfinite(best_d[s:e]), cand[s:e][rr, first], -1)
     return Neighbours(best_i, best_d)
 
 
@@ -137,7 +151,7 @@ def nearest_in_array(
     if q_np.ndim != 2 or q_np.shape[1] != ref_t.shape[1]:
         raise ValueError(f"queries {q_np.shape} do not match references {tuple(ref_t.shape)}")
     device = torch.device(device)
-    chunks = ((s, ref_t[s : s + chunk_rows]) for s in range(0, ref_t.shape[0], chunk_rows))
+    chunks = ((s, ref_t[s : s + chunk_rows], None) for s in range(0, ref_t.shape[0], chunk_rows))
     cand, cand_d = _candidate_search(torch.from_numpy(q_np), chunks, device, _CANDIDATES, exclude)
     ref_np = ref_t.cpu().numpy()
     return _rerank(q_np, cand.cpu().numpy(), cand_d.cpu().numpy(), lambda idx: ref_np[idx])
@@ -160,6 +174,7 @@ class ManifoldSpace:
         self.count = int(g["features"].shape[0])
         self.calib_nn = np.asarray(g["calib_nn"][()], dtype=np.float64) if "calib_nn" in g else np.zeros(0)
         self._cache: torch.Tensor | None = None
+        self._cache_sq: torch.Tensor | None = None
 
     # -- rows
     def rows(self, idx: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -181,19 +196,20 @@ class ManifoldSpace:
             return None
         return torch.from_numpy(self.group["pixels"][i].astype(np.float32) / 255.0)
 
-    def _chunks(self, chunk_rows: int, device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
+    def _chunks(self, chunk_rows: int, device: torch.device) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
         if self._cache is not None:
             for s in range(0, self.count, chunk_rows):
-                yield s, self._cache[s : s + chunk_rows]
+                yield s, self._cache[s : s + chunk_rows], self._cache_sq[s : s + chunk_rows]
             return
         ds = self.group["features"]
         for s in range(0, self.count, chunk_rows):
-            yield s, torch.from_numpy(ds[s : s + chunk_rows])
+            yield s, torch.from_numpy(ds[s : s + chunk_rows]), None
 
     def load(self, device: torch.device | str = "cpu") -> None:
         """Keep all features in (device) memory for repeated searches."""
         if self._cache is None:
             self._cache = torch.from_numpy(self.group["features"][()]).to(device)
+            self._cache_sq = (self._cache * self._cache).sum(dim=1)
 
     # -- search
     def nearest(
@@ -402,7 +418,7 @@ def build_manifold(
                     m = min(_CALIB_SAMPLE, report.count)
                     sample = np.sort(rng.choice(report.count, size=m, replace=False))
                     q = ds[sample]
-                    chunks = ((s, torch.from_numpy(ds[s : s + DEFAULT_CHUNK_ROWS]))
+                    chunks = ((s, torch.from_numpy(ds[s : s + DEFAULT_CHUNK_ROWS]), None)
                               for s in range(0, report.count, DEFAULT_CHUNK_ROWS))
                     cand, cand_d = _candidate_search(torch.from_numpy(q), chunks, device, _CANDIDATES, sample)
                     nb = _rerank(q, cand.cpu().numpy(), cand_d.cpu().numpy(), lambda idx: ds[np.sort(idx)])
@@ -417,3 +433,42 @@ def build_manifold(
                 }
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def write_manifold(out: str | Path, spaces: dict[str, tuple[SpaceSpec, np.ndarray]], paths: Sequence[str],
+                   *, sources: Sequence[str] = (), seed: int = 0) -> Path:
+    """Write a manifold from precomputed rows: ``{space: (spec, features (N, D))}`` (atomic).
+
+    For features computed elsewhere (and for benchmarks); rows must follow the space's spec.
+    """
+    out = Path(out)
+    n = len(paths)
+    with store_lock(out), atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            init_store(f, KIND, SCHEMA)
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.attrs["sources"] = json.dumps(list(sources))
+            sp = f.create_group("spaces")
+            for name, (spec, feats) in spaces.items():
+                feats = np.asarray(feats, dtype=np.float32)
+                if feats.ndim != 2 or feats.shape[0] != n:
+                    raise ConfigError(f"{name}: {feats.shape} rows for {n} paths")
+                if spec.space != name:
+                    raise ConfigError(f"space {name!r} given a {spec.space!r} spec")
+                g = sp.create_group(name)
+                g.attrs["spec"] = spec.to_json()
+                g.attrs["dim"] = feats.shape[1]
+                shape = [3, spec.size, spec.size] if name != "feat" else [feats.shape[1]]
+                g.attrs["shape"] = json.dumps(shape)
+                g.create_dataset("features", data=feats, maxshape=(None, feats.shape[1]),
+                                 chunks=(_chunk_rows_for(feats.shape[1]), feats.shape[1]))
+                m = min(_CALIB_SAMPLE, n)
+                calib = np.zeros(0)
+                if n >= 2:
+                    sample = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+                    nb = nearest_in_array(feats[sample], feats, exclude=sample)
+                    calib = np.sort(nb.distance)
+                g.create_dataset("calib_nn", data=calib)
+            f.create_dataset("paths", data=[str(p) for p in paths], dtype=h5py.string_dtype(),
+                             maxshape=(None,), chunks=(1024,) if n else None)
+    return out
