@@ -402,3 +402,47 @@ def _bins(f: Fraction, n: int) -> list[int]:
     if pos.denominator == 1:
         return [int(pos)]
     return [math.floor(pos), math.ceil(pos)]
+
+
+# ------------------------------------------------------------------ fast path for real signals
+
+
+@lru_cache(maxsize=16)
+def _half_rings(h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Ring index and weights of the ``rfft2`` half-spectrum, for :func:`azimuthal_integral_fast`.
+
+    A real signal's power is point-symmetric, P(-u, -v) = P(u, v), and (-u, -v) is on the same
+    ring, so each stored column 1 .. ceil(W/2)-1 stands for itself and its mirror (weight 2);
+    column 0 and, for even W, column W/2 are their own mirrors (weight 1). The weights are
+    divided by the full-spectrum ring counts and carry the 2 pi / (H W) factors.
+    """
+    full, n_rings = _ring_index(h, w, device)
+    wh = w // 2 + 1
+    idx = full.view(h, w)[:, :wh].contiguous()
+    weight = torch.full((h, wh), 2.0, dtype=torch.float64, device=full.device)
+    weight[:, 0] = 1.0
+    if w % 2 == 0:
+        weight[:, -1] = 1.0
+    counts = torch.bincount(full, minlength=n_rings + 1).double().clamp_min(1)
+    weight = weight * (2.0 * math.pi / (h * w)) / counts[idx]
+    return idx.flatten(), weight.flatten(), n_rings
+
+
+def azimuthal_integral_fast(x: torch.Tensor) -> torch.Tensor:
+    """``azimuthal_integral(power_spectrum(x))`` for a *real* signal (..., H, W), about 2x faster.
+
+    Uses the real-input FFT (half the spectrum) and folds the mirror half in through weights
+    (see :func:`_half_rings`). Same result to float32 rounding.
+    """
+    h, w = x.shape[-2:]
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    f = torch.fft.rfft2(x)
+    p = f.real.square()
+    p.addcmul_(f.imag, f.imag)
+    idx, weight, n_rings = _half_rings(h, w, str(x.device))
+    lead = x.shape[:-2]
+    flat = p.reshape(-1, idx.numel()).mul_(weight.to(p.dtype))
+    sums = torch.zeros(flat.shape[0], n_rings + 1, dtype=flat.dtype, device=flat.device)
+    sums.index_add_(1, idx, flat)
+    return sums[:, :n_rings].reshape(*lead, n_rings)
