@@ -1,9 +1,200 @@
-"""CLI commands for the train stage (registered by fpt.cli)."""
+"""CLI commands for the train stage: ``fpt train``, ``fpt train-denoiser``, ``fpt extractor-info``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from fpt.errors import ConfigError
+
+
+def _range(text: str | None, cast, what: str):
+    if text is None:
+        return None
+    try:
+        lo, hi = (cast(v) for v in text.replace(",", "-").split("-", 1))
+    except ValueError:
+        raise ConfigError(f"{what} must look like LO-HI, got '{text}'") from None
+    if lo > hi:
+        raise ConfigError(f"{what}: LO must not exceed HI ('{text}')")
+    return (lo, hi)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
+
+    @app.command("train")
+    def train_cmd(
+        pool: Optional[str] = typer.Option(None, "--pool", help="Synthetic-model pool (fpt synth output), or toy:N for a smoke test."),
+        images: Optional[List[Path]] = typer.Option(None, "--images", help="Folder(s) of real photos to fingerprint (repeatable)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Extractor checkpoint to write (resume state goes beside it as NAME.state.pt)."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="Start from a recipe: 'default' (the shipped extractor) or 'smoke'."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
+        p: Optional[int] = typer.Option(None, "--P", "-P", help="Synthetic models per batch."),
+        k: Optional[int] = typer.Option(None, "--K", "-K", help="Images per model per batch (>= 2)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine | step | constant (after linear warm-up)."),
+        warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
+        ce_weight: Optional[float] = typer.Option(None, "--ce-weight", help="Weight of the classification (CE) loss."),
+        triplet_weight: Optional[float] = typer.Option(None, "--triplet-weight", help="Weight of the batch-hard triplet loss."),
+        margin: Optional[float] = typer.Option(None, "--margin", help="Triplet margin (paper: 0.3)."),
+        backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet10 | resnet18 | resnet34 | resnet50."),
+        width: Optional[float] = typer.Option(None, "--width", help="Channel width multiplier (1.0 = torchvision)."),
+        stem: Optional[str] = typer.Option(None, "--stem", help="small (3x3/2) | imagenet (7x7/2 + max-pool)."),
+        embedding_dim: Optional[int] = typer.Option(None, "--embedding-dim"),
+        crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Training crop = inference window, px."),
+        residual: Optional[str] = typer.Option(None, "--residual", help="highpass | denoiser (the learned DnCNN-style residual)."),
+        denoiser: Optional[Path] = typer.Option(None, "--denoiser", help="Denoiser weights (default: the shipped ones)."),
+        grey: Optional[bool] = typer.Option(None, "--grey/--rgb", help="Luma spectrum instead of per-channel RGB."),
+        windows: Optional[int] = typer.Option(None, "--windows", help="n for the n x n inference window grid stored in the checkpoint."),
+        seed: Optional[int] = typer.Option(None, "--seed"),
+        holdout_frac: Optional[float] = typer.Option(None, "--holdout-frac", help="Fraction of architectures held out for validation."),
+        holdout_archs: Optional[str] = typer.Option(None, "--holdout-archs", help="fnmatch pattern of held-out architecture ids (overrides --holdout-frac)."),
+        val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps."),
+        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Save resumable state every N steps."),
+        crops_per_image: Optional[int] = typer.Option(None, "--crops-per-image"),
+        max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most N real images."),
+        aug_jpeg: Optional[float] = typer.Option(None, "--aug-jpeg", help="Probability of JPEG re-compression after the synthetic model."),
+        jpeg_quality: Optional[str] = typer.Option(None, "--jpeg-quality", help="Quality range LO-HI, e.g. 70-100."),
+        aug_rrc: Optional[float] = typer.Option(None, "--aug-rrc", help="Probability of random resized crop."),
+        aug_blur: Optional[float] = typer.Option(None, "--aug-blur", help="Probability of mild Gaussian blur."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:n]."),
+        amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA."),
+        half: Optional[bool] = typer.Option(None, "--fp16/--fp32", help="Store the final extractor's weights in fp16."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from OUT's .state.pt."),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Train a fingerprint extractor on synthetic models (zero-shot: no real generator is used)."""
+        from fpt.extractor.train import PRESETS, TrainConfig, train
+
+        values: dict = {}
+        if preset:
+            if preset not in PRESETS:
+                raise ConfigError(f"unknown preset '{preset}'", hint=f"choose one of {sorted(PRESETS)}")
+            values.update(PRESETS[preset])
+            values["preset"] = preset
+        given = dict(pool=pool, images=[str(i) for i in images] if images else None, out=str(out) if out else None,
+                     steps=steps, P=p, K=k, lr=lr, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
+                     ce_weight=ce_weight, triplet_weight=triplet_weight, margin=margin, backbone=backbone,
+                     width=width, stem=stem, embedding_dim=embedding_dim, crop_size=crop_size, residual=residual,
+                     denoiser=str(denoiser) if denoiser else None, grey=grey, windows=windows, seed=seed,
+                     holdout_frac=holdout_frac, holdout_pattern=holdout_archs, val_every=val_every,
+                     ckpt_every=ckpt_every, crops_per_image=crops_per_image, max_images=max_images,
+                     aug_jpeg_p=aug_jpeg, jpeg_quality=_range(jpeg_quality, int, "--jpeg-quality"),
+                     aug_rrc_p=aug_rrc, aug_blur_p=aug_blur, device=device, amp=amp, half=half)
+        values.update({kk: v for kk, v in given.items() if v is not None})
+        if "pool" not in values:
+            raise ConfigError("no synthetic-model pool given", hint="pass --pool POOL.h5 (build one with `fpt synth`) or --preset default")
+        if "images" not in values and not str(values.get("pool", "")).startswith("toy:"):
+            raise ConfigError("no real images given", hint="pass --images DIR")
+        if str(values.get("pool", "")).startswith("toy:") and "images" not in values:
+            raise ConfigError("toy pools still need real photos", hint="pass --images DIR")
+        if values.get("pool") and not values["pool"].startswith("toy:") and not Path(values["pool"]).exists():
+            from fpt.errors import InputError
+
+            raise InputError("synthetic-model pool not found", path=values["pool"],
+                             hint="build it with `fpt synth --images DIR --out POOL.h5` (see README, 'Training the extractor')")
+        cfg = TrainConfig(**values)
+        result = train(cfg, resume=resume, show_progress=not (quiet or json_out),
+                       log=(lambda *_: None) if json_out else (lambda m: typer.echo(m, err=True)))
+        if result is None:  # non-zero DDP rank
+            return
+        summary = {"out": str(result.out), "sha256": result.sha256, "steps": result.steps,
+                   "wall_s": round(result.wall_s, 1), "images_per_s": round(result.images_per_s, 1),
+                   "train_models": result.n_train_models, "heldout_models": result.n_val_models,
+                   "heldout": result.final, "baseline_azimuthal": result.baseline, "history": result.history}
+        if json_out:
+            typer.echo(json.dumps(summary, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"fpt train: {result.out}  (sha256 {result.sha256[:12]})")
+        t.add_column("held-out architectures")
+        t.add_column("extractor", justify="right")
+        t.add_column("azimuthal-integral baseline", justify="right")
+        for key, label in (("auc", "verification AUC (N_S=1)"), ("id_acc_10shot", "10-shot identification acc")):
+            t.add_row(label, _fmt(result.final.get(key, "-")), _fmt(result.baseline.get(key, "-")))
+        c = Console()
+        c.print(t)
+        c.print(f"{result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s); "
+                f"{result.n_train_models} training models, {result.n_val_models} held-out models")
+
+    @app.command("train-denoiser")
+    def train_denoiser_cmd(
+        images: List[Path] = typer.Option(..., "--images", help="Folder(s) of real photos."),
+        out: Path = typer.Option(Path("denoiser.pt"), "--out", help="Weights file to write."),
+        steps: int = typer.Option(1500, "--steps"),
+        batch: int = typer.Option(32, "--batch"),
+        depth: int = typer.Option(6, "--depth", help="Conv layers (DnCNN paper: 17)."),
+        channels: int = typer.Option(24, "--channels", help="Feature channels (DnCNN paper: 64)."),
+        crop_size: int = typer.Option(64, "--crop-size"),
+        sigma: str = typer.Option("1-5", "--sigma", help="Noise sigma range in 8-bit levels, LO-HI."),
+        seed: int = typer.Option(0, "--seed"),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Train the small DnCNN-style denoiser whose residual the extractor can use (--residual denoiser)."""
+        from rich.progress import Progress
+
+        from fpt.extractor.denoiser import train_denoiser_from_folders
+
+        lo, hi = _range(sigma, float, "--sigma")
+        with Progress(disable=json_out) as prog:
+            task = prog.add_task("denoiser", total=steps)
+            rep = train_denoiser_from_folders([str(i) for i in images], out, crop_size=crop_size, depth=depth,
+                                              channels=channels, steps=steps, batch=batch,
+                                              sigma_range=(lo / 255, hi / 255), seed=seed,
+                                              progress=lambda s, l: prog.update(task, completed=s,
+                                                                                description=f"denoiser loss {l:.2e}"))
+        res = {"out": str(out), "steps": rep.steps, "psnr_noisy_db": round(rep.psnr_noisy, 2),
+               "psnr_denoised_db": round(rep.psnr_denoised, 2), "wall_s": round(rep.wall_s, 1)}
+        typer.echo(json.dumps(res, indent=2) if json_out else
+                   f"wrote {out}: held-out PSNR {rep.psnr_noisy:.2f} dB noisy -> {rep.psnr_denoised:.2f} dB denoised "
+                   f"({rep.steps} steps, {rep.wall_s:.0f} s)")
+
+    @app.command("extractor-info")
+    def extractor_info_cmd(
+        path: Optional[Path] = typer.Argument(None, help="Checkpoint (default: the shipped extractor)."),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Show an extractor checkpoint's identity, preprocessing, training recipe and validation."""
+        from dataclasses import asdict
+
+        from fpt.extractor.checkpoint import load_extractor
+
+        ex = load_extractor(path, device="cpu")
+        info = {"path": str(ex.path), "sha256": ex.sha256, "embedding_dim": ex.embedding_dim,
+                "network": {k: v for k, v in ex.net.config.items() if k not in ("spec_mean", "spec_std")},
+                "preprocessing": asdict(ex.preprocessing), "training": ex.config}
+        if json_out:
+            typer.echo(json.dumps(info, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"extractor {ex.path}", show_header=False)
+        t.add_column("field")
+        t.add_column("value")
+        t.add_row("sha256", ex.sha256)
+        n = ex.net.config
+        t.add_row("network", f"{n['backbone']} x{n['width']} ({n['stem']} stem), embedding {ex.embedding_dim}-d")
+        p = ex.preprocessing
+        t.add_row("preprocessing", f"{p.residual} residual -> {'luma' if p.grey else 'per-channel RGB'} {p.spectrum} DFT, "
+                  f"{p.crop_size}px crops, {p.windows}x{p.windows} windows")
+        c = ex.config
+        if c.get("untrained"):
+            t.add_row("training", "UNTRAINED placeholder")
+        else:
+            for key in ("preset", "pool", "steps", "P", "K", "lr", "seed", "wall_s", "train_models", "validation", "baseline"):
+                if key in c:
+                    t.add_row(key, json.dumps(c[key]) if isinstance(c[key], (dict, list)) else str(c[key]))
+        Console().print(t)

@@ -107,6 +107,9 @@ def save_extractor(path: str | Path, net: FingerprintNet, preprocessing: Preproc
         sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "preprocessing": asdict(preprocessing),
             "net": net.config, "config": config or {}}
+    # JSON round trip: plain dict / list / str / number only (str subclasses such as
+    # torch.__version__ would not load under weights_only=True).
+    meta = json.loads(_jsonable(meta, "checkpoint metadata"))
     blob = dict(meta, state_dict=sd, digest=_digest(meta, sd))
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)

@@ -162,7 +162,7 @@ def train_denoiser(
         opt.step()
         sched.step()
         if progress is not None:
-            progress(step + 1, float(loss))
+            progress(step + 1, float(loss.detach()))
     net.eval()
     vc = val_crops if val_crops is not None else crops[:64]
     with torch.no_grad():
@@ -172,3 +172,23 @@ def train_denoiser(
         den = noisy - net(noisy)
     rep = DenoiserReport(steps, sigma_range, _psnr(noisy, vc), _psnr(den, vc), time.perf_counter() - t0)
     return net, rep
+
+
+def train_denoiser_from_folders(images, out: str | Path, *, crop_size: int = 64, crops_per_image: int = 4,
+                                depth: int = 6, channels: int = 24, steps: int = 1500, batch: int = 32,
+                                sigma_range: tuple[float, float] = (1.0 / 255, 5.0 / 255), seed: int = 0,
+                                progress=None) -> DenoiserReport:
+    """Crop real photos, train the denoiser, hold out 10% of the *images* for the PSNR report, save."""
+    from fpt.extractor.data import CropBank
+
+    bank = CropBank.from_folders(images, crop_size, crops_per_image=crops_per_image, seed=seed)
+    tr, va = bank.split(0.1, seed=seed)
+    net, rep = train_denoiser(tr.get(torch.arange(len(tr))), depth=depth, channels=channels, steps=steps,
+                              batch=batch, sigma_range=sigma_range, seed=seed,
+                              val_crops=va.get(torch.arange(min(len(va), 256))), progress=progress)
+    save_denoiser(out, net, {"images": [str(i) for i in (images if isinstance(images, (list, tuple)) else [images])],
+                             "crop_size": crop_size, "steps": steps, "batch": batch, "seed": seed,
+                             "sigma_range": list(sigma_range), "train_crops": len(tr),
+                             "psnr_noisy": rep.psnr_noisy, "psnr_denoised": rep.psnr_denoised,
+                             "wall_s": rep.wall_s})
+    return rep

@@ -1,0 +1,398 @@
+"""Training loop for the fingerprint extractor: single process or DDP (torchrun), CPU or CUDA.
+
+Fixes the faults of the authors' code (DESIGN.md §3): ``zero_grad`` every step, gradients
+clipped *after* ``backward``, P x K batches, validation on held-out *architectures* (not seeds)
+with its own real images, no hard-coded devices.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from fpt.devices import autocast_context, select_device
+from fpt.errors import CheckpointError, ConfigError
+from fpt.extractor.checkpoint import (load_train_state, preprocessing_for, save_extractor,
+                                      save_train_state)
+from fpt.extractor.data import (Augment, CropBank, FingerprintStream, ModelSource, PoolSource, ToySource,
+                                fingerprinted_set, split_models, stable_seed)
+from fpt.extractor.losses import combined_loss
+from fpt.extractor.net import FingerprintNet, build_net, count_parameters
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; stored (JSON) in the checkpoint it produces."""
+
+    pool: str | None = None              # pool.h5, or "toy:N" / "toy:N:S" for toy models
+    images: list[str] = field(default_factory=list)
+    out: str = "extractor.pt"
+    steps: int = 2000
+    P: int = 16
+    K: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    schedule: str = "cosine"             # cosine | step | constant
+    step_gamma: float = 0.9              # for schedule=step (paper 000: 0.9 every 100 steps)
+    step_size: int = 100
+    clip: float = 5.0
+    ce_weight: float = 1.0
+    triplet_weight: float = 1.0
+    margin: float = 0.3
+    backbone: str = "resnet18"
+    width: float = 0.25
+    stem: str = "small"
+    embedding_dim: int = 128
+    crop_size: int = 64
+    residual: str = "highpass"
+    denoiser: str | None = None          # path to denoiser weights (default: shipped)
+    grey: bool = False
+    windows: int = 3
+    seed: int = 0
+    holdout_frac: float = 0.15
+    holdout_pattern: str | None = None
+    val_image_frac: float = 0.1
+    val_images_per_model: int = 20
+    val_every: int = 250
+    ckpt_every: int = 250
+    crops_per_image: int = 4
+    max_images: int | None = None
+    aug_jpeg_p: float = 0.0
+    jpeg_quality: tuple[int, int] = (70, 100)
+    aug_rrc_p: float = 0.0
+    rrc_scale: tuple[float, float] = (0.6, 1.0)
+    aug_blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 1.0)
+    device: str = "auto"
+    amp: bool = True
+    half: bool = True                    # store the final extractor in fp16
+    preset: str | None = None
+
+    def augment(self) -> Augment:
+        return Augment(self.aug_jpeg_p, tuple(self.jpeg_quality), self.aug_rrc_p, tuple(self.rrc_scale),
+                       self.aug_blur_p, tuple(self.blur_sigma))
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ConfigError("--steps must be >= 1")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ConfigError(f"unknown schedule '{self.schedule}'", hint="cosine, step or constant")
+        if self.residual not in ("highpass", "denoiser"):
+            raise ConfigError(f"unknown residual '{self.residual}'", hint="highpass or denoiser")
+        if self.lr <= 0:
+            raise ConfigError("--lr must be positive")
+        for name in ("aug_jpeg_p", "aug_rrc_p", "aug_blur_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a probability in [0, 1]")
+        if self.ce_weight < 0 or self.triplet_weight < 0 or self.ce_weight + self.triplet_weight == 0:
+            raise ConfigError("loss weights must be >= 0 and not both 0")
+
+
+#: ``fpt train --preset default`` — the recipe of the shipped extractor (see README).
+PRESETS: dict[str, dict] = {
+    "default": dict(pool="runs/pool-default.h5", images=["../shared/data/real"], out="fpt/weights/extractor.pt",
+                    steps=2400, P=16, K=4, lr=2e-3, warmup=100, schedule="cosine", backbone="resnet18", width=0.25,
+                    crop_size=64, residual="highpass", seed=0, holdout_frac=0.15, val_every=400, ckpt_every=200,
+                    crops_per_image=6, aug_jpeg_p=0.2, jpeg_quality=(75, 100), aug_rrc_p=0.1, aug_blur_p=0.1),
+    "smoke": dict(pool="toy:6", steps=30, P=4, K=4, width=0.125, backbone="resnet10", crop_size=32,
+                  val_every=15, ckpt_every=15, val_images_per_model=12, holdout_frac=0.34, crops_per_image=2),
+}
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    sha256: str
+    steps: int
+    wall_s: float
+    images_per_s: float
+    history: list[dict]
+    final: dict
+    baseline: dict
+    n_train_models: int
+    n_val_models: int
+    net: FingerprintNet | None = None   # the trained network (with its classification head)
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def spectrum_baseline_embeddings(images: torch.Tensor) -> np.ndarray:
+    """The plain azimuthal-integral baseline: log AI (paper 000 Eq. 12) of the high-pass residual
+    spectrum, per RGB channel, z-scored per dimension over the set."""
+    from fpt.residual import HighPassResidual
+    from fpt.spectrum import azimuthal_integral, power_spectrum
+
+    with torch.no_grad():
+        r = HighPassResidual()(images.float())
+        ai = azimuthal_integral(power_spectrum(r))            # (N, 3, M/2)
+        feats = torch.log(ai + 1e-10).flatten(1).numpy().astype(np.float64)
+    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-8)
+    return feats.astype(np.float32)
+
+
+def verification_and_identification(emb: np.ndarray, labels: np.ndarray, *, seed: int = 0, k: int = 10,
+                                    n_pairs: int = 4000) -> dict:
+    """Zero-shot 1:1 verification AUC (N_S = 1) and k-shot 1:N identification accuracy."""
+    from fpt.metrics.attribution import identify_k_shot, pair_scores, roc_auc, verification_pairs
+
+    rng = np.random.default_rng(seed)
+    a, b, same = verification_pairs(labels, n_pairs, rng)
+    auc = roc_auc(pair_scores(emb, a, b), same)
+    out = {"auc": float(auc)}
+    counts = np.unique(labels, return_counts=True)[1]
+    if counts.min() > k:
+        out[f"id_acc_{k}shot"] = float(identify_k_shot(emb, labels, k=k, rng=np.random.default_rng(seed)).accuracy)
+    return out
+
+
+def embed_images(net: FingerprintNet, images: torch.Tensor, device: torch.device, batch: int = 256) -> np.ndarray:
+    was_training = net.training
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, images.shape[0], batch):
+            x = images[i : i + batch].to(device)
+            spec = net.spectrum(x)
+            with autocast_context(device):
+                out.append(net.forward_spectrum(spec).embedding.float().cpu())
+    net.train(was_training)
+    return torch.cat(out).numpy()
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / max(1, cfg.warmup)
+        if cfg.schedule == "cosine":
+            t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        if cfg.schedule == "step":
+            return cfg.step_gamma ** ((step - cfg.warmup) // cfg.step_size)
+        return 1.0
+    return f
+
+
+def build_source(cfg: TrainConfig, device: torch.device) -> ModelSource:
+    if not cfg.pool:
+        raise ConfigError("no synthetic-model pool given", hint="pass --pool POOL.h5 (build one with `fpt synth`)")
+    if cfg.pool.startswith("toy:"):
+        parts = cfg.pool.split(":")
+        return ToySource(int(parts[1]), int(parts[2]) if len(parts) > 2 else 1)
+    # Synthetic models are tiny: run them on the CPU unless training on CUDA.
+    return PoolSource(cfg.pool, device=device if device.type == "cuda" else "cpu")
+
+
+def state_path_for(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".state.pt")
+
+
+def _estimate_normalisation(net: FingerprintNet, stream: FingerprintStream, device: torch.device) -> tuple[float, float]:
+    """Mean / std of the log-magnitude spectra over a few batches (same on every rank: rank-free seed)."""
+    vals = []
+    probe = FingerprintStream(stream.source, stream.model_ids, stream.bank, P=stream.P, K=stream.K,
+                              seed=stable_seed("norm", stream.seed), rank=0)
+    with torch.no_grad():
+        for s in range(4):
+            vals.append(net.transform.raw(probe.batch(s).images.to(device)).flatten().cpu())
+    v = torch.cat(vals)
+    return float(v.mean()), float(v.std().clamp_min(1e-6))
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True, log=print,
+          source: ModelSource | None = None, bank: CropBank | None = None, return_net: bool = False) -> TrainResult | None:
+    """Train an extractor per ``cfg``; returns the result on rank 0 (None on other DDP ranks)."""
+    cfg.validate()
+    world, rank, local = _dist_info()
+    ddp = world > 1
+    if ddp and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+    device = select_device(cfg.device)
+    if ddp and device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    is_main = rank == 0
+    torch.manual_seed(cfg.seed)
+
+    source = source or build_source(cfg, device)
+    if bank is None:
+        if not cfg.images:
+            raise ConfigError("no real images given", hint="pass --images DIR (photos larger than the crop size)")
+        bank = CropBank.from_folders(cfg.images, cfg.crop_size, crops_per_image=cfg.crops_per_image,
+                                     max_images=cfg.max_images, seed=cfg.seed)
+    train_bank, val_bank = bank.split(cfg.val_image_frac, seed=cfg.seed)
+    train_ids, val_ids = split_models(source.model_ids, holdout_frac=cfg.holdout_frac,
+                                      holdout_pattern=cfg.holdout_pattern, seed=cfg.seed)
+    stream = FingerprintStream(source, train_ids, train_bank, P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank,
+                               augment=cfg.augment())
+
+    denoiser_cfg = None
+    net = build_net(backbone=cfg.backbone, width=cfg.width, stem=cfg.stem, embedding_dim=cfg.embedding_dim,
+                    num_classes=len(train_ids), residual=cfg.residual, grey=cfg.grey, crop_size=cfg.crop_size,
+                    denoiser=denoiser_cfg)
+    if cfg.residual == "denoiser":
+        from fpt.extractor.denoiser import load_denoiser
+
+        dn = load_denoiser(cfg.denoiser)
+        net = build_net(**dict(net.config, denoiser=dn.config()))
+        net.transform.residual.net.load_state_dict(dn.state_dict())
+    net.to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    amp_dtype = None
+    if device.type == "cuda" and cfg.amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    start, history, wall_before = 0, [], 0.0
+    spath = state_path_for(cfg.out)
+    if resume:
+        if not spath.exists():
+            raise CheckpointError("nothing to resume from", path=spath, hint="run without --resume first")
+        st = load_train_state(spath)
+        if st["train_ids"] != train_ids:
+            raise CheckpointError("the saved state was trained on a different model split", path=spath,
+                                  hint="resume with the same --pool, --seed and hold-out options")
+        net.set_normalisation(st["spec_mean"], st["spec_std"])
+        net.load_state_dict(st["net"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start, history, wall_before = int(st["step"]), list(st["history"]), float(st["wall_s"])
+        if is_main:
+            log(f"resuming from step {start} ({spath})")
+    else:
+        net.set_normalisation(*_estimate_normalisation(net, stream, device))
+
+    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None) if ddp else net
+
+    # Held-out architectures on held-out real images; the same crops go through every model.
+    val = None
+    baseline: dict = {}
+    if is_main and val_ids:
+        vc = val_bank.get(torch.arange(min(len(val_bank), cfg.val_images_per_model)))
+        val_x, val_y = fingerprinted_set(source, val_ids, vc, seed=cfg.seed)
+        val = (val_x, val_y)
+        baseline = verification_and_identification(spectrum_baseline_embeddings(val_x), val_y, seed=cfg.seed)
+        log(f"train models {len(train_ids)} ({len({i.split('/')[0] for i in train_ids})} archs), held-out "
+            f"models {len(val_ids)} ({len({i.split('/')[0] for i in val_ids})} archs) x {vc.shape[0]} images; "
+            f"real crops train {len(train_bank)} / val {len(val_bank)}; net {count_parameters(net):,} params")
+        log("azimuthal-integral baseline on held-out archs: " + json.dumps({k: round(v, 4) for k, v in baseline.items()}))
+
+    def run_validation(step: int) -> dict:
+        if val is None:
+            return {"step": step}
+        m = verification_and_identification(embed_images(net, val[0], device), val[1], seed=cfg.seed)
+        m["step"] = step
+        return m
+
+    def save_state(step: int, wall: float) -> None:
+        save_train_state(spath, {"step": step, "net": net.state_dict(), "optimizer": opt.state_dict(),
+                                 "scheduler": sched.state_dict(), "history": history, "wall_s": wall,
+                                 "train_ids": train_ids, "spec_mean": net.transform.mean,
+                                 "spec_std": net.transform.std, "config": _cfg_json(cfg)})
+
+    progress = None
+    if is_main and show_progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            transient=False)
+        task = progress.add_task("train", total=cfg.steps, completed=start, info="")
+        progress.start()
+
+    net.train()
+    t0 = time.perf_counter()
+    seen = 0
+    ema = None
+    try:
+        for step in range(start, cfg.steps):
+            b = stream.batch(step)
+            x, y = b.images.to(device, non_blocking=True), b.labels.to(device)
+            opt.zero_grad(set_to_none=True)
+            with autocast_context(device, enabled=amp_dtype is not None):
+                out = model(x)
+                parts = combined_loss(out.logits, out.embedding, y, ce_weight=cfg.ce_weight,
+                                      triplet_weight=cfg.triplet_weight, margin=cfg.margin)
+            scaler.scale(parts.total).backward()
+            scaler.unscale_(opt)
+            # Clip *after* backward (the authors clipped before it, i.e. not at all).
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            seen += x.shape[0] * world
+            loss = float(parts.total.detach())
+            ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+            done = step + 1
+            if progress is not None:
+                rate = seen / max(1e-9, time.perf_counter() - t0)
+                progress.update(task, completed=done,
+                                info=f"loss {ema:.3f} (ce {parts.ce:.2f} tri {parts.triplet:.3f}) {rate:.0f} img/s")
+            if is_main and (done % cfg.val_every == 0 or done == cfg.steps):
+                m = run_validation(done)
+                m.update(loss=round(ema, 4), lr=sched.get_last_lr()[0])
+                history.append(m)
+                msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
+                (progress.console.print if progress is not None else log)(f"val {msg}")
+            if done % cfg.ckpt_every == 0 and done < cfg.steps:
+                if is_main:
+                    save_state(done, wall_before + time.perf_counter() - t0)
+                if ddp:
+                    dist.barrier()
+    finally:
+        if progress is not None:
+            progress.stop()
+    wall = wall_before + time.perf_counter() - t0
+    rate = seen / max(1e-9, time.perf_counter() - t0)
+
+    result = None
+    if is_main:
+        save_state(cfg.steps, wall)
+        final = history[-1] if history else {}
+        net.eval()
+        shipped = build_net(**dict(net.config, num_classes=0))
+        sd = {k: v for k, v in net.state_dict().items() if not k.startswith("classifier.")}
+        shipped.load_state_dict(sd)
+        meta = _cfg_json(cfg)
+        meta.update(train_models=len(train_ids), heldout_archs=sorted({i.split("/")[0] for i in val_ids}),
+                    real_images=len(bank.sources), wall_s=round(wall, 1), images_per_s=round(rate, 1),
+                    world_size=world, validation=final, baseline=baseline, torch=str(torch.__version__),
+                    source=getattr(source, "describe", lambda: {})())
+        sha = save_extractor(cfg.out, shipped, preprocessing_for(shipped, cfg.windows), meta, half=cfg.half)
+        result = TrainResult(Path(cfg.out), sha, cfg.steps, wall, rate, history, final, baseline,
+                             len(train_ids), len(val_ids), net if return_net else None)
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _cfg_json(cfg: TrainConfig) -> dict:
+    d = asdict(cfg)
+    return json.loads(json.dumps(d))
