@@ -59,7 +59,7 @@ def torch_batched(images, batch: int, device):
     with torch.no_grad():
         for i in range(0, images.shape[0], batch):
             x = images[i : i + batch].to(device, non_blocking=True)
-            ai = azimuthal_integral_fast(res(x)).mean(1)  # channel-mean power's AI = mean of AIs
+            ai = azimuthal_integral_fast(res(x), channel_mean=True)  # AI of the channel-mean power
             ais.append(ai)
             hps.append(hp_ratio(ai))
     ai, hp = torch.cat(ais), torch.cat(hps)

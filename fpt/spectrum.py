@@ -428,11 +428,13 @@ def _half_rings(h: int, w: int, device: str) -> tuple[torch.Tensor, torch.Tensor
     return idx.flatten(), weight.flatten(), n_rings
 
 
-def azimuthal_integral_fast(x: torch.Tensor) -> torch.Tensor:
+def azimuthal_integral_fast(x: torch.Tensor, *, channel_mean: bool = False) -> torch.Tensor:
     """``azimuthal_integral(power_spectrum(x))`` for a *real* signal (..., H, W), about 2x faster.
 
     Uses the real-input FFT (half the spectrum) and folds the mirror half in through weights
-    (see :func:`_half_rings`). Same result to float32 rounding.
+    (see :func:`_half_rings`). Same result to float rounding. With ``channel_mean`` the power is
+    averaged over dim -3 first (N, C, H, W -> N, M/2): the AI of the channel-mean power, as
+    :mod:`fpt.analysis` reports it, with a third of the ring-summing work.
     """
     h, w = x.shape[-2:]
     if x.dtype in (torch.float16, torch.bfloat16):
@@ -440,8 +442,10 @@ def azimuthal_integral_fast(x: torch.Tensor) -> torch.Tensor:
     f = torch.fft.rfft2(x)
     p = f.real.square()
     p.addcmul_(f.imag, f.imag)
+    if channel_mean:
+        p = p.mean(dim=-3)
     idx, weight, n_rings = _half_rings(h, w, str(x.device))
-    lead = x.shape[:-2]
+    lead = p.shape[:-2]
     flat = p.reshape(-1, idx.numel()).mul_(weight.to(p.dtype))
     sums = torch.zeros(flat.shape[0], n_rings + 1, dtype=flat.dtype, device=flat.device)
     sums.index_add_(1, idx, flat)

@@ -216,3 +216,28 @@ def test_analyse_tensor_summary():
     assert rep.hp_ratio == pytest.approx(0.5, abs=0.05)
     assert rep.arrays.ai.shape == (24,) and rep.arrays.autocorr.shape == (47, 47)  # lags -23..23
     assert rep.arrays.autocorr[23, 23] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (63, 50), (32, 41)])
+def test_azimuthal_integral_fast_matches_definition(shape):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, *shape, generator=g, dtype=torch.float64)
+    ref = S.azimuthal_integral(S.power_spectrum(x))
+    torch.testing.assert_close(S.azimuthal_integral_fast(x), ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        S.azimuthal_integral_fast(x, channel_mean=True), S.azimuthal_integral(S.power_spectrum(x).mean(1))
+    )
+
+
+def test_highpass_residual_is_reflect_padded_box_difference():
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(2, 3, 17, 23, generator=g, dtype=torch.float64, requires_grad=True)
+    res = build_residual("highpass")
+    k = torch.full((3, 1, 3, 3), 1 / 9, dtype=torch.float64)
+    ref = x - torch.nn.functional.conv2d(torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=3)
+    torch.testing.assert_close(res(x), ref)
+    torch.testing.assert_close(res(x[0]), ref[0])  # (C, H, W) works too
+    # Constant images have no residual; gradients flow.
+    assert float(res(torch.full((1, 3, 9, 9), 0.3)).abs().max()) < 1e-6
+    res(x).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
