@@ -502,10 +502,11 @@ def register(app: typer.Typer) -> None:
         k_shot: int = typer.Option(10, "--k-shot", help="Images per model in the identification gallery."),
         unknown_fraction: float = typer.Option(0.3, "--unknown-fraction", help="Share of models held out as unknown."),
         far: float = typer.Option(0.05, "--far", help="FAR for the open-set threshold (gallery calibration)."),
+        figures: bool = typer.Option(True, "--figures/--no-figures", help="Write ROC and histogram PNGs."),
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
         """Verification, identification, open-set and clustering metrics for several methods, same splits."""
-        from fpt.evaluation import SUMMARY_COLUMNS, evaluate, per_model_rows, plot_group, summary_rows, to_json
+        from fpt.evaluation import evaluate, per_model_rows, plot_group, summary_table, to_json
         from fpt.report import console, dumps_json, print_json, print_table, progress, warn
         from fpt.storage import atomic_path
 
@@ -521,7 +522,7 @@ def register(app: typer.Typer) -> None:
         out.mkdir(parents=True, exist_ok=True)
         pngs = []
         for g in res.groups:
-            if g.methods:
+            if g.methods and figures:
                 pngs += plot_group(g, out)
         data = to_json(res)
         data["figures"] = [str(p) for p in pngs]
@@ -537,8 +538,10 @@ def register(app: typer.Typer) -> None:
             if not g.methods:
                 console.print(f"{title} — " + "; ".join(g.notes))
                 continue
-            print_table(title, SUMMARY_COLUMNS, summary_rows(g),
-                        caption="acc = accuracy at the threshold chosen on a separate calibration split")
+            cols, rows = summary_table(g)
+            print_table(title, cols, rows,
+                        caption="cal. thr. = threshold chosen on a separate calibration split; "
+                                "oracle = best threshold on the test pairs (papers' number)")
             cols, rows = per_model_rows(g)
             print_table(f"{g.group}: 10-shot identification accuracy per model", cols, rows)
             for n in g.notes:

@@ -249,6 +249,13 @@ def pair_scores(emb: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     e = l2_normalise(emb)
     a2 = a[:, None] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
+    if e.shape[1] > 4 * e.shape[0]:
+        # wide vectors (PRNU residuals): everything follows from the Gram matrix, n^2 d once
+        g = (e @ e.T).astype(np.float64)
+        cross = g[a2[:, :, None], b2[:, None, :]].sum(axis=(1, 2))
+        na = g[a2[:, :, None], a2[:, None, :]].sum(axis=(1, 2))
+        nb = g[b2[:, :, None], b2[:, None, :]].sum(axis=(1, 2))
+        return cross / np.sqrt(np.maximum(na * nb, 1e-24))
     # chunk over pairs so (chunk, n_s, d) stays ~64 MB even for 65k-dim PRNU residuals
     step = max(1, int(16_000_000 // max(1, a2.shape[1] * e.shape[1])))
     out = np.empty(a2.shape[0], dtype=np.float64)
