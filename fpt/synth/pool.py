@@ -1,0 +1,318 @@
+"""The pool store: one HDF5 file holding every trained synthetic model.
+
+Layout (schema 1)::
+
+    /                      attrs fpt_kind="pool", fpt_schema=1, config=<JSON TrainConfig + crop digest>
+    /models/<arch>/s<seed> one group per model: attrs = ModelRecord fields,
+        weights/<param>    float32 datasets (the state dict; BatchNorm counters included)
+
+Crash safety. The live file is never modified in place. Every finished model is first written
+to its own small part file in the journal folder ``<pool>.parts/`` (atomically, one
+``os.replace`` each), so a SIGKILL loses at most the model being trained. Every
+``commit_every`` models, and when a run ends or is interrupted, the journal is merged into the
+pool through ``fpt.storage.atomic_path(copy_existing=True)`` and then deleted. Opening a
+``PoolWriter`` on an existing pool first merges any journal left by a crash; resume then skips
+every model already present. ``Pool`` (the read side) sees merged models only and reports how
+many are still waiting in a journal (``pending``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import fields
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from fpt.errors import ConfigError, StoreError
+from fpt.storage import atomic_path, init_store, open_store, store_lock
+from fpt.synth.nets import build_model, fingerprint
+from fpt.synth.space import ArchSpec, parse_arch_id
+from fpt.synth.train import ModelRecord, load_state, split_model_id
+
+POOL_KIND = "pool"
+PART_KIND = "pool-part"
+POOL_SCHEMA = 1
+COMMIT_EVERY = 16
+
+__all__ = ["Pool", "PoolWriter", "ModelRecord", "fingerprint", "merge_pools", "journal_dir",
+           "POOL_KIND", "POOL_SCHEMA"]
+
+_RECORD_FIELDS = [f.name for f in fields(ModelRecord) if f.name != "extra"]
+
+
+def journal_dir(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".parts")
+
+
+def _part_name(mid: str) -> str:
+    return mid.replace("/", "__") + ".h5"
+
+
+def _write_model(root: h5py.Group, state: dict[str, np.ndarray], rec: ModelRecord) -> None:
+    g = root.require_group("models").create_group(rec.model_id)
+    for k, v in rec.to_attrs().items():
+        g.attrs[k] = v
+    w = g.create_group("weights")
+    for name, arr in state.items():
+        w.create_dataset(name, data=np.asarray(arr))
+
+
+def _read_record(g: h5py.Group) -> ModelRecord:
+    vals = {}
+    for name in _RECORD_FIELDS:
+        v = g.attrs[name]
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        vals[name] = v
+    return ModelRecord(**vals)
+
+
+def _list_models(f: h5py.File) -> list[str]:
+    if "models" not in f:
+        return []
+    out = []
+    for arch, grp in f["models"].items():
+        out.extend(f"{arch}/{s}" for s in grp.keys())
+    return sorted(out)
+
+
+def _config_of(f: h5py.File) -> dict:
+    raw = f.attrs.get("config", "{}")
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def _pending_parts(path: Path) -> list[Path]:
+    d = journal_dir(path)
+    return sorted(d.glob("*.h5")) if d.is_dir() else []
+
+
+class Pool:
+    """Read side of a pool: lazy (records and weights are read on demand), LRU-cached loads.
+
+    Safe across ``fork`` (DataLoader workers): the HDF5 handle is reopened in a new process.
+    """
+
+    def __init__(self, path: Path, cache_size: int = 256):
+        self.path = Path(path)
+        self.cache_size = cache_size
+        self._f: h5py.File | None = None
+        self._pid = -1
+        f = self._file()
+        self.model_ids: list[str] = _list_models(f)
+        self.config: dict = _config_of(f)
+        self._records: dict[str, ModelRecord] = {}
+        self._cache: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
+
+    @classmethod
+    def open(cls, path: str | Path, cache_size: int = 256) -> "Pool":
+        return cls(Path(path), cache_size)
+
+    def _file(self) -> h5py.File:
+        if self._f is None or self._pid != os.getpid():
+            self._f = open_store(self.path, POOL_KIND, POOL_SCHEMA, "r")
+            self._pid = os.getpid()
+        return self._f
+
+    def close(self) -> None:
+        if self._f is not None and self._pid == os.getpid():
+            self._f.close()
+        self._f = None
+        self._cache.clear()
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.model_ids)
+
+    def __contains__(self, mid: str) -> bool:
+        return mid in set(self.model_ids)
+
+    @property
+    def pending(self) -> int:
+        """Finished models waiting in a crash journal (merged by the next writer / resume)."""
+        return len(_pending_parts(self.path))
+
+    def _group(self, mid: str) -> h5py.Group:
+        try:
+            return self._file()["models"][mid]
+        except KeyError:
+            raise StoreError(f"no model {mid!r} in this pool", path=self.path,
+                             hint="list them with 'fpt synth info POOL --models'") from None
+
+    def record(self, mid: str) -> ModelRecord:
+        rec = self._records.get(mid)
+        if rec is None:
+            rec = self._records[mid] = _read_record(self._group(mid))
+        return rec
+
+    def records(self) -> list[ModelRecord]:
+        return [self.record(m) for m in self.model_ids]
+
+    def spec(self, mid: str) -> ArchSpec:
+        return parse_arch_id(self.record(mid).arch)
+
+    def state(self, mid: str) -> dict[str, np.ndarray]:
+        w = self._group(mid)["weights"]
+        return {k: w[k][()] for k in w.keys()}
+
+    def load(self, mid: str, device: str | torch.device = "cpu") -> nn.Module:
+        """The model in eval mode on ``device`` (LRU-cached; do not train the returned module)."""
+        key = (mid, str(device))
+        m = self._cache.get(key)
+        if m is not None:
+            self._cache.move_to_end(key)
+            return m
+        rec = self.record(mid)
+        model = build_model(parse_arch_id(rec.arch), int(rec.width), int(rec.kernel))
+        try:
+            load_state(model, self.state(mid))
+        except RuntimeError as exc:
+            raise StoreError(f"weights of {mid} do not fit its architecture", path=self.path) from exc
+        model = model.to(device).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self._cache[key] = model
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return model
+
+
+def _merge_parts_into(tmp: Path, parts: Iterable[Path], config: dict | None) -> list[str]:
+    """Copy part files' model groups into the pool at ``tmp`` (created if missing)."""
+    added = []
+    with h5py.File(tmp, "a") as f:
+        if "fpt_kind" not in f.attrs:
+            init_store(f, POOL_KIND, POOL_SCHEMA)
+            f.attrs["config"] = json.dumps(config or {}, sort_keys=True)
+        models = f.require_group("models")
+        for part in parts:
+            try:
+                with h5py.File(part, "r") as pf:
+                    for mid in _list_models(pf):
+                        if mid in models:
+                            continue  # merged before a crash, part not yet deleted
+                        arch = models.require_group(mid.split("/")[0])
+                        pf.copy(pf["models"][mid], arch, name=mid.split("/")[1])
+                        added.append(mid)
+            except OSError:
+                continue  # a torn part cannot exist (atomic), but never fail a merge on one
+    return added
+
+
+class PoolWriter:
+    """Append trained models to a pool with crash safety (see module docstring).
+
+    ``config`` (JSON-able) is stored in a new pool and must equal an existing pool's config,
+    so a resume never mixes models trained on different crops or settings.
+    """
+
+    def __init__(self, path: str | Path, config: dict, commit_every: int = COMMIT_EVERY):
+        self.path = Path(path)
+        self.config = json.loads(json.dumps(config, sort_keys=True))
+        self.commit_every = max(1, commit_every)
+        self._new: list[Path] = []
+        self.done: set[str] = set()
+        if self.path.exists():
+            with open_store(self.path, POOL_KIND, POOL_SCHEMA, "r") as f:
+                existing = _config_of(f)
+                self.done = set(_list_models(f))
+            if existing != self.config:
+                diff = sorted(k for k in set(existing) | set(self.config) if existing.get(k) != self.config.get(k))
+                raise ConfigError(
+                    f"this pool was built with other settings ({', '.join(diff)} differ)",
+                    hint="use the same --size/--width/--images as before, or a new --out",
+                )
+        self.flush(all_parts=True)
+
+    def __enter__(self) -> "PoolWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush(all_parts=True)
+
+    def add(self, state: dict[str, np.ndarray], rec: ModelRecord) -> None:
+        """Durably journal one finished model; merge into the pool every ``commit_every``."""
+        jd = journal_dir(self.path)
+        jd.mkdir(parents=True, exist_ok=True)
+        target = jd / _part_name(rec.model_id)
+        with atomic_path(target) as tmp:
+            with h5py.File(tmp, "w") as f:
+                init_store(f, PART_KIND, POOL_SCHEMA)
+                _write_model(f, state, rec)
+        self._new.append(target)
+        self.done.add(rec.model_id)
+        if len(self._new) >= self.commit_every:
+            self.flush()
+
+    def flush(self, all_parts: bool = False) -> list[str]:
+        """Merge journalled models into the pool (atomic replace) and delete their parts."""
+        parts = _pending_parts(self.path) if all_parts else list(self._new)
+        if not parts and self.path.exists():
+            return []
+        with store_lock(self.path):
+            with atomic_path(self.path, copy_existing=True) as tmp:
+                added = _merge_parts_into(tmp, parts, self.config)
+            for p in parts:
+                p.unlink(missing_ok=True)
+        self._new.clear()
+        jd = journal_dir(self.path)
+        if jd.is_dir() and not any(jd.iterdir()):
+            jd.rmdir()
+        self.done.update(added)
+        return added
+
+
+def merge_pools(out: str | Path, inputs: list[str | Path], *, force: bool = False) -> list[str]:
+    """Join shard pools into ``out``. Configs must agree; a model id may appear only once."""
+    out = Path(out)
+    if not inputs:
+        raise ConfigError("nothing to merge", hint="give one or more shard pool files")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists", hint="choose a new output file (or pass --force to overwrite)")
+    config, seen = None, {}
+    for p in inputs:
+        with open_store(p, POOL_KIND, POOL_SCHEMA, "r") as f:
+            c = _config_of(f)
+            if config is None:
+                config = c
+            elif c != config:
+                raise ConfigError(f"{p} was built with other settings than {inputs[0]}",
+                                  hint="shards must share --size, --width, --kernel and the image set")
+            for mid in _list_models(f):
+                if mid in seen:
+                    raise StoreError(f"model {mid} is in both {seen[mid]} and {p}",
+                                     hint="shards must be disjoint (--shard i/n with the same n)")
+                seen[mid] = p
+        if _pending_parts(Path(p)):
+            raise StoreError("this shard has unmerged finished models in its journal", path=p,
+                             hint="rerun its 'fpt synth' command to resume and finish it")
+    with store_lock(out), atomic_path(out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            init_store(f, POOL_KIND, POOL_SCHEMA)
+            f.attrs["config"] = json.dumps(config, sort_keys=True)
+            models = f.create_group("models")
+            for p in inputs:
+                with h5py.File(p, "r") as src:
+                    for mid in _list_models(src):
+                        arch = models.require_group(mid.split("/")[0])
+                        src.copy(src["models"][mid], arch, name=mid.split("/")[1])
+    return sorted(seen)
+
+
+def check_model_id(mid: str) -> str:
+    split_model_id(mid)
+    return mid
