@@ -38,7 +38,12 @@ class DnCNN(nn.Module):
         for _ in range(depth - 2):
             layers += [nn.Conv2d(channels, channels, 3, padding=1, padding_mode="reflect", bias=False),
                        nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
-        layers.append(nn.Conv2d(channels, in_channels, 3, padding=1, padding_mode="reflect"))
+        last = nn.Conv2d(channels, in_channels, 3, padding=1, padding_mode="reflect")
+        # Start from "no noise" (the identity denoiser): at the low sigmas used here a random
+        # output layer is worse than doing nothing and takes most of a short run to unlearn.
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
         self.body = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
