@@ -215,6 +215,14 @@ def output_stem(path: Path, root: Path | None) -> str:
     return "__".join(parts)
 
 
+def display_name(path: Path, root: Path | None) -> str:
+    """Path relative to the run's common folder, for tables (``sub/0001.png``)."""
+    try:
+        return path.resolve().relative_to(root).as_posix() if root else path.name
+    except ValueError:
+        return path.name
+
+
 def common_root(paths: Sequence[Path]) -> Path | None:
     try:
         return Path(os.path.commonpath([str(p.resolve().parent) for p in paths]))

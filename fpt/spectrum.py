@@ -377,9 +377,9 @@ def find_grid_peaks(
       first. For a single image's spectrum (exponentially distributed bins) a threshold of 10
       gives ~1e-3 false alarms per candidate; averaging spectra lowers it much further.
     """
-    p = power.float()
-    h, w = p.shape[-2:]
-    p = p.reshape(-1, h, w).mean(0)
+    h, w = power.shape[-2:]
+    # A few dozen scalar look-ups: do them on the CPU rather than syncing a GPU for each.
+    p = power.detach().float().reshape(-1, h, w).mean(0).cpu()
     peaks: list[GridPeak] = []
     offs = torch.arange(-radius, radius + 1, device=p.device)
     ring = (offs.abs().view(-1, 1) > 1) | (offs.abs().view(1, -1) > 1)

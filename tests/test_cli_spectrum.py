@@ -43,7 +43,7 @@ def test_spectrum_folder_json(capsys, folder):
     assert code == 0, err
     data = json.loads(out)
     assert data["summary"]["images"] == 4 and data["summary"]["failed"] == 0
-    assert data["summary"]["crop"] == 40  # first image's shorter side
+    assert [g["crop"] for g in data["groups"]] == [40]  # first image's shorter side
     rows = {Path(r["path"]).relative_to(folder).as_posix(): r for r in data["images"]}
     assert set(rows) == {"n0.png", "n1.png", "n2.png", "sub/n0.png"}
     for r in rows.values():
@@ -64,17 +64,30 @@ def test_spectrum_single_image_table_and_out(capsys, folder, tmp_path):
     assert json.loads((out_dir / "summary.json").read_text())["summary"]["grey"] is True
 
 
-def test_spectrum_folder_out_has_mean_and_unique_names(capsys, folder, tmp_path):
+def test_spectrum_folder_out_has_mean_and_unique_names(capsys, tmp_path, rng):
+    d = tmp_path / "two"
+    for sub in ("a", "b"):
+        (d / sub).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(d / sub / "x.png")
     out_dir = tmp_path / "out"
-    code, out, err = _run(capsys, "spectrum", folder / "n0.png", folder / "sub", "--out", out_dir, "--crop", "32")
+    code, out, err = _run(capsys, "spectrum", d, "--out", out_dir, "--crop", "32")
     assert code == 0, err
     names = {p.name for p in out_dir.iterdir()}
-    assert names == {"mean_spectrum.png", "mean_spectrum.npz", "n0.npz", "n0.png", "sub__n0.npz", "sub__n0.png", "summary.json"}
+    assert names == {"mean_spectrum.png", "mean_spectrum.npz", "a__x.npz", "a__x.png", "b__x.npz", "b__x.png", "summary.json"}
     with np.load(out_dir / "mean_spectrum.npz") as z:
         assert z["power"].shape == (3, 32, 32)
-    assert "Folder summary: 2 images, 0 failed" in out
-    code, _, _ = _run(capsys, "spectrum", folder, "--out", tmp_path / "o2", "--no-per-image")
-    assert {p.name for p in (tmp_path / "o2").iterdir()} == {"mean_spectrum.png", "mean_spectrum.npz", "summary.json"}
+    assert "Summary per input" in out and "a/x.png" in out and "b/x.png" in out
+
+
+def test_spectrum_one_group_per_input(capsys, folder, tmp_path):
+    code, out, err = _run(capsys, "spectrum", folder, folder / "sub", "--out", tmp_path / "o2", "--no-per-image", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert [(Path(g["input"]).name, g["images"]) for g in data["groups"]] == [("imgs", 4), ("sub", 1)]
+    assert data["summary"]["images"] == 5
+    assert {p.name for p in (tmp_path / "o2").iterdir()} == {
+        "mean_spectrum_imgs.png", "mean_spectrum_imgs.npz", "mean_spectrum_sub.png", "mean_spectrum_sub.npz", "summary.json"
+    }
 
 
 def test_spectrum_detects_upsampling_grid(capsys, tmp_path, rng):
@@ -103,9 +116,9 @@ def test_spectrum_skips_bad_files_and_warns(capsys, folder):
     assert "skipped" in err and "broken.png" in err
 
 
-def test_spectrum_limit(capsys, folder):
-    code, out, _ = _run(capsys, "spectrum", folder, "--json", "--limit", "2")
-    assert code == 0 and json.loads(out)["summary"]["images"] == 2
+def test_spectrum_limit_applies_per_input(capsys, folder):
+    code, out, _ = _run(capsys, "spectrum", folder, folder / "sub", "--json", "--limit", "2")
+    assert code == 0 and [g["images"] for g in json.loads(out)["groups"]] == [2, 1]
 
 
 # ------------------------------------------------------------------ bad inputs: one line, non-zero exit

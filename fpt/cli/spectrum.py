@@ -47,13 +47,14 @@ def register(app: typer.Typer) -> None:
             None, "--crop", help="Common centre-crop side for the mean spectrum (default: first image's shorter side, max 512)."
         ),
         threshold: float = typer.Option(10.0, "--threshold", help="Grid-peak strength threshold (peak / local median)."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Analyse only the first N images (sorted)."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Analyse only the first N images (sorted) of each input."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of tables."),
     ) -> None:
         """Spectral evidence: residual energy, HP ratio (paper 000 Eq. 13), azimuthal integral, grid peaks.
 
-        One row per image, then a folder summary from the mean spectrum over all images. Peaks are
+        One row per image, then one summary row per input (file or folder) from the mean spectrum
+        over that input's images: pass one folder per generator to compare them. Peaks are
         reported as fractions of the sampling rate (fy, fx) with their strength over the local
         background: 1/2, 1/4, 1/8 point to 1, 2, 3 upsampling layers (or an 8x8 JPEG grid).
         """
@@ -71,76 +72,95 @@ def register(app: typer.Typer) -> None:
         if limit is not None and limit < 1:
             raise ConfigError("--limit must be at least 1")
         dev = select_device(device)
-        files = find_images(paths)
-        if limit is not None:
-            files = files[:limit]
-        write_each = bool(out) and (per_image if per_image is not None else len(files) <= PER_IMAGE_AUTO_LIMIT)
+        # One group per path argument: each folder (e.g. one generator) gets its own mean spectrum.
+        groups: list[tuple[Path, list[Path]]] = []
+        for p in paths:
+            files = find_images([p])
+            groups.append((p, files[:limit] if limit is not None else files))
+        total = sum(len(f) for _, f in groups)
+        write_each = bool(out) and (per_image if per_image is not None else total <= PER_IMAGE_AUTO_LIMIT)
 
-        with progress(disable=len(files) < 2) as bar:
-            task = bar.add_task("spectra", total=len(files))
-            result = A.analyse_paths(
-                files,
-                residual=residual,
-                grey=grey,
-                device=dev,
-                crop=crop,
-                keep_arrays=False,
-                peak_threshold=threshold,
-                on_progress=lambda _p: bar.advance(task),
-            )
+        results: list[tuple[Path, A.FolderSpectrum]] = []
+        with progress(disable=total < 2) as bar:
+            task = bar.add_task("spectra", total=total)
+            for p, files in groups:
+                results.append(
+                    (
+                        p,
+                        A.analyse_paths(
+                            files,
+                            residual=residual,
+                            grey=grey,
+                            device=dev,
+                            crop=crop,
+                            peak_threshold=threshold,
+                            on_progress=lambda _p: bar.advance(task),
+                        ),
+                    )
+                )
 
-        for f in result.failures:
+        images = [r for _, g in results for r in g.images]
+        failures = [f for _, g in results for f in g.failures]
+        for f in failures:
             warn(f"skipped {f.reason}")
-        if not result.images:
-            if len(result.failures) == 1:
-                raise ImageError(result.failures[0].reason)
-            raise ImageError(
-                f"none of the {len(result.failures)} images could be read",
-                hint=f"first failure: {result.failures[0].reason}",
-            )
-        if result.n_padded:
-            warn(f"{result.n_padded} image(s) smaller than the {result.crop}px crop were mirror-padded into the mean spectrum")
+        if not images:
+            if len(failures) == 1:
+                raise ImageError(failures[0].reason)
+            raise ImageError(f"none of the {len(failures)} images could be read", hint=f"first failure: {failures[0].reason}")
+        for p, g in results:
+            if g.n_padded:
+                warn(f"{p}: {g.n_padded} image(s) smaller than the {g.crop}px crop were mirror-padded into the mean spectrum")
 
-        summary = {
-            "residual": residual,
-            "grey": grey,
-            "images": len(result.images),
-            "failed": len(result.failures),
-            "crop": result.crop,
-            "hp_ratio_mean": result.hp_ratio_mean,
-            "hp_ratio_std": result.hp_ratio_std,
-            "mean_spectrum": {
-                "hp_ratio": result.mean_hp_ratio,
-                "ai_mean": result.mean_ai_mean,
-                "ai_max": result.mean_ai_max,
-                "peaks": result.mean_peaks,
-            },
-        }
+        def group_json(p: Path, g: A.FolderSpectrum) -> dict:
+            return {
+                "input": p,
+                "images": len(g.images),
+                "failed": len(g.failures),
+                "crop": g.crop if g.images else None,
+                "hp_ratio_mean": g.hp_ratio_mean,
+                "hp_ratio_std": g.hp_ratio_std,
+                "mean_spectrum": {
+                    "hp_ratio": g.mean_hp_ratio,
+                    "ai_mean": g.mean_ai_mean,
+                    "ai_max": g.mean_ai_max,
+                    "peaks": g.mean_peaks,
+                },
+            }
+
         payload = {
-            "summary": summary,
-            "images": [_image_json(r) for r in result.images],
-            "failures": [{"path": f.path, "reason": f.reason} for f in result.failures],
+            "summary": {"residual": residual, "grey": grey, "images": len(images), "failed": len(failures)},
+            "groups": [group_json(p, g) for p, g in results],
+            "images": [_image_json(r) for r in images],
+            "failures": [{"path": f.path, "reason": f.reason} for f in failures],
         }
+        root = A.common_root([r.path for r in images])
 
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            root = A.common_root([r.path for r in result.images])
             if write_each:
                 # Second pass with arrays kept, one image at a time (bounded memory).
                 from fpt.images import load_image
 
                 res = A.resolve_residual(residual, dev)
-                for rep in result.images:
+                for rep in images:
                     one, _ = A.analyse_tensor(
                         load_image(rep.path).to(dev), res, grey=grey, path=rep.path, keep_arrays=True, peak_threshold=threshold
                     )
                     stem = A.output_stem(rep.path, root)
                     A.save_npz(one.arrays, out / f"{stem}.npz")
-                    save_figure(A.spectrum_figure(one.arrays, f"{rep.path.name} — residual {residual}", one.peaks), out / f"{stem}.png", tight=False)
-            if len(result.images) > 1 or not write_each:
-                title = f"mean spectrum of {len(result.images)} image(s), {result.crop}px centre crop — residual {residual}"
-                A.save_npz(result.mean_arrays, out / "mean_spectrum.npz")
-                save_figure(A.spectrum_figure(result.mean_arrays, title, result.mean_peaks), out / "mean_spectrum.png", tight=False)
+                    fig = A.spectrum_figure(one.arrays, f"{A.display_name(rep.path, root)} — residual {residual}", one.peaks)
+                    save_figure(fig, out / f"{stem}.png", tight=False)
+            named = len(results) > 1
+            used: set[str] = set()
+            for i, (p, g) in enumerate(results):
+                if not g.images or (len(g.images) == 1 and write_each):
+                    continue
+                name = f"mean_spectrum_{A.output_stem(p, None)}" if named else "mean_spectrum"
+                name = f"{name}_{i}" if name in used else name  # two inputs with the same name
+                used.add(name)
+                title = f"{p.name}: mean of {len(g.images)} residual spectra, {g.crop}px centre crop — {residual}"
+                A.save_npz(g.mean_arrays, out / f"{name}.npz")
+                save_figure(A.spectrum_figure(g.mean_arrays, title, g.mean_peaks), out / f"{name}.png", tight=False)
             from fpt.storage import atomic_path
 
             with atomic_path(out / "summary.json") as tmp:
@@ -151,37 +171,41 @@ def register(app: typer.Typer) -> None:
             print_json(payload)
             return
 
-        root = A.common_root([x.path for x in result.images])
-        rows = [
-            [
-                r.path.name if len(result.images) == 1 else A.output_stem(r.path, root).replace("__", "/"),
-                f"{r.width}x{r.height}",
-                r.residual_energy,
-                r.hp_ratio,
-                r.ai_mean,
-                r.ai_max,
-                _peaks_text(r.peaks),
-            ]
-            for r in result.images
-        ]
         print_table(
             f"Residual spectra ({residual}{', grey' if grey else ', per channel'})",
             ["image", "size", "energy", "HP ratio", "AI mean", "AI max", "grid peaks (fy,fx)×strength"],
-            rows,
-        )
-        if len(result.images) > 1:
-            print_table(
-                f"Folder summary: {len(result.images)} images, {len(result.failures)} failed",
-                ["measure", "value"],
+            [
                 [
-                    ["HP ratio, per image (mean ± std)", f"{result.hp_ratio_mean:.4f} ± {result.hp_ratio_std:.4f}"],
-                    [f"mean spectrum ({result.crop}px crop): HP ratio", result.mean_hp_ratio],
-                    ["mean spectrum: AI mean / max", f"{result.mean_ai_mean:.4g} / {result.mean_ai_max:.4g}"],
-                    ["mean spectrum: grid peaks", _peaks_text(result.mean_peaks, top=6)],
+                    A.display_name(r.path, root),
+                    f"{r.width}x{r.height}",
+                    r.residual_energy,
+                    r.hp_ratio,
+                    r.ai_mean,
+                    r.ai_max,
+                    _peaks_text(r.peaks),
+                ]
+                for r in images
+            ],
+        )
+        if len(images) > 1:
+            print_table(
+                "Summary per input (mean spectrum over each input's images, centre-cropped)",
+                ["input", "images", "failed", "HP ratio (mean ± sd)", "mean-spectrum HP", "crop", "mean-spectrum grid peaks"],
+                [
+                    [
+                        p.name or str(p),
+                        len(g.images),
+                        len(g.failures),
+                        f"{g.hp_ratio_mean:.4f} ± {g.hp_ratio_std:.4f}" if g.images else "-",
+                        g.mean_hp_ratio if g.images else None,
+                        g.crop if g.images else None,
+                        _peaks_text(g.mean_peaks, top=5) if g.images else "-",
+                    ]
+                    for p, g in results
                 ],
             )
-        elif result.failures:
-            console.print(f"{len(result.failures)} file(s) skipped")
+        elif failures:
+            console.print(f"{len(failures)} file(s) skipped")
 
     demo_app = typer.Typer(help="Demonstrations of the papers' spectral arguments.", no_args_is_help=True)
     app.add_typer(demo_app, name="demo")
