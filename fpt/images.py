@@ -9,9 +9,9 @@ Conversion rule (one definition, used everywhere): every image becomes a float32
   and with them the fingerprint.
 - CMYK and YCbCr go through Pillow's own conversion to RGB.
 - 16-bit images keep all 16 bits: values are divided by 65535. Pillow (>= 10) silently reduces
-  16-bit RGB / RGBA / grey+alpha PNGs to their high byte; fpt decodes those PNGs a second time to
-  recover the low byte (the fingerprint lives in the least significant bits), see
-  :func:`_png16_array`. 16-bit grey (``I;16``) and 32-bit integer (``I``) images are divided by
+  16-bit RGB / RGBA PNG and TIFF (and grey+alpha PNG) to their high byte; fpt decodes those files
+  a second time to recover the low byte (the fingerprint lives in the least significant bits),
+  see :func:`_deep_array`. 16-bit grey (``I;16``) and 32-bit integer (``I``) images are divided by
   65535 and clipped (grey, replicated); float (``F``) images are clipped to [0, 1].
 - EXIF orientation is **not** applied: rotating the pixel grid moves the fingerprint's spectrum.
 - The first frame of animated / multi-page files is used.
@@ -22,6 +22,7 @@ Pillow's decompression-bomb guard is enforced as a hard error (not a warning) ab
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,41 +42,67 @@ MIN_SIDE = 8
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
-#: PNG raw modes Pillow truncates to 8 bits -> (raw mode that yields the low bytes, channels kept).
-#: The decoder's filtering depends only on the raw mode's bits per pixel, so decoding the same
-#: stream with a little-endian raw mode of equal width picks the *other* byte of each sample.
-_PNG16_LOW = {"RGB;16B": ("RGB;16L", 3), "RGBA;16B": ("RGBA;16L", 3), "LA;16B": ("RGBA", 1)}
+#: Raw modes that Pillow reduces to 8 bits (keeping the high byte of each sample), mapped to the
+#: raw mode of opposite byte order. The decoders' filtering and strip handling depend only on the
+#: raw mode's bits per pixel, so decoding the same data again with the swapped raw mode yields
+#: the *low* byte of every sample. Covers 16-bit RGB / RGBA PNG (big-endian) and TIFF (either).
+_SWAP_16 = {
+    "RGB;16B": "RGB;16L",
+    "RGB;16L": "RGB;16B",
+    "RGBA;16B": "RGBA;16L",
+    "RGBA;16L": "RGBA;16B",
+    "RGB;16N": "RGB;16B" if sys.byteorder == "little" else "RGB;16L",
+    "RGBA;16N": "RGBA;16B" if sys.byteorder == "little" else "RGBA;16L",
+}
 
 
-def _png16_array(path: Path, img: Image.Image) -> np.ndarray | None:
-    """Full-precision float32 HxWx3 for a 16-bit colour / grey+alpha PNG, else ``None``.
+def _rawmode(tile) -> str | None:
+    args = tile.args
+    raw = args[0] if isinstance(args, tuple) and args else args
+    return raw if isinstance(raw, str) else None
 
-    ``img`` is the opened (not yet loaded) image. Returns ``None`` when ``img`` is not such a PNG.
+
+def _with_rawmode(tile, raw: str):
+    args = tile.args
+    return tile._replace(args=(raw, *args[1:]) if isinstance(args, tuple) else raw)
+
+
+def _decode_with(path: Path, raws: list[str]) -> np.ndarray:
+    """Decode ``path`` again with every tile's raw mode replaced; returns the uint16 array."""
+    with Image.open(path) as again:
+        again.tile = [_with_rawmode(t, r) for t, r in zip(again.tile, raws)]
+        again.load()
+        return np.asarray(again, dtype=np.uint16)
+
+
+def _deep_array(path: Path, img: Image.Image) -> np.ndarray | None:
+    """Full-precision float32 HxWx3 for 16-bit colour (PNG, TIFF) or grey+alpha PNG, else ``None``.
+
+    ``img`` is the opened, not yet loaded image. Pillow (>= 10) has no 16-bit-per-channel RGB
+    mode and keeps only the high byte; the fingerprint lives in the low bits, so fpt decodes the
+    file a second time to recover the low byte (see ``_SWAP_16``).
     """
-    if img.format != "PNG" or len(img.tile) != 1 or img.tile[0].codec_name != "zip":
+    if img.format not in ("PNG", "TIFF") or not img.tile:
         return None
-    raw = img.tile[0].args
-    raw = raw[0] if isinstance(raw, tuple) else raw
-    if raw not in _PNG16_LOW:
+    raws = [_rawmode(t) for t in img.tile]
+    if len(set(raws)) != 1:
         return None
-    low_raw, channels = _PNG16_LOW[raw]
-    if raw == "LA;16B":
-        # One pass: decoding G_hi G_lo A_hi A_lo as 8-bit RGBA gives R = high, G = low byte.
-        with Image.open(path) as again:
-            again.tile = [again.tile[0]._replace(args=low_raw)]
-            again.load()
-            both = np.asarray(again, dtype=np.uint16)
+    raw = raws[0]
+    if raw == "LA;16B" and img.format == "PNG":
+        # Grey+alpha: decoding G_hi G_lo A_hi A_lo as 8-bit RGBA gives R = high, G = low byte.
+        both = _decode_with(path, ["RGBA"] * len(raws))
         grey = both[..., 0] * 256 + both[..., 1]
-        arr = np.repeat(grey[..., None], 3, axis=2)
-    else:
-        img.load()
-        high = np.asarray(img, dtype=np.uint16)[..., :channels]
-        with Image.open(path) as again:
-            again.tile = [again.tile[0]._replace(args=low_raw)]
-            again.load()
-            low = np.asarray(again, dtype=np.uint16)[..., :channels]
-        arr = high * 256 + low
-    return arr.astype(np.float32) / 65535.0
+        return (np.repeat(grey[..., None], 3, axis=2).astype(np.float32)) / np.float32(65535.0)
+    if raw not in _SWAP_16:
+        return None
+    img.load()
+    high = np.asarray(img, dtype=np.uint16)[..., :3]
+    try:
+        low = _decode_with(path, [_SWAP_16[raw]] * len(raws))[..., :3]
+    except (OSError, ValueError) as exc:  # a codec that rejects the swapped raw mode
+        warnings.warn(f"{path}: 16-bit image read at 8-bit precision ({exc})", stacklevel=3)
+        return high.astype(np.float32) / np.float32(255.0)
+    return (high * 256 + low).astype(np.float32) / np.float32(65535.0)
 
 
 def _pil_to_array(img: Image.Image) -> np.ndarray:
@@ -124,7 +151,7 @@ def load_image_array(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_P
                 if min(w, h) < MIN_SIDE:
                     raise ImageError(f"image is {w}x{h} px; fpt needs at least {MIN_SIDE}x{MIN_SIDE}", path=path)
                 img.seek(0)
-                arr16 = _png16_array(path, img)
+                arr16 = _deep_array(path, img)
                 if arr16 is not None:
                     arr = arr16
                 else:

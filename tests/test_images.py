@@ -41,6 +41,35 @@ def write_png(path: Path, arr: np.ndarray, color_type: int, bit_depth: int, *, h
     return path
 
 
+def write_tiff16(path: Path, arr: np.ndarray, *, big_endian: bool = False) -> Path:
+    """Minimal uncompressed 16-bit RGB / RGBA TIFF writer (one strip); Pillow cannot write these."""
+    h, w, c = arr.shape
+    e = ">" if big_endian else "<"
+    data = arr.astype(e + "u2").tobytes()
+    bps = struct.pack(e + "H" * c, *([16] * c))
+    data_off = 8 + len(bps)
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, c, 8), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, data_off), (277, 3, 1, c), (278, 4, 1, h), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    if c == 4:
+        tags.append((338, 3, 1, 2))  # unassociated alpha
+    ifd = struct.pack(e + "H", len(tags))
+    for tag, typ, cnt, val in sorted(tags):
+        ifd += struct.pack(e + "HHIHH", tag, typ, cnt, val, 0) if typ == 3 and cnt == 1 else struct.pack(e + "HHII", tag, typ, cnt, val)
+    head = (b"MM" if big_endian else b"II") + struct.pack(e + "HI", 42, data_off + len(data))
+    path.write_bytes(head + bps + data + ifd + struct.pack(e + "I", 0))
+    return path
+
+
+@pytest.mark.parametrize("big_endian, channels", [(False, 3), (True, 3), (False, 4)], ids=["le-rgb", "be-rgb", "le-rgba"])
+def test_16bit_tiff_keeps_all_16_bits(tmp_path, rng, big_endian, channels):
+    data = rng.integers(0, 65536, (10, 12, channels))
+    write_tiff16(tmp_path / "x.tif", data, big_endian=big_endian)
+    with Image.open(tmp_path / "x.tif") as im:
+        assert im.mode in ("RGB", "RGBA")  # what Pillow gives: 8 bits per channel
+    arr = load_image_array(tmp_path / "x.tif")
+    np.testing.assert_allclose(arr * 65535.0, data[..., :3], atol=0.01)
+
+
 @pytest.fixture
 def rgb8(rng) -> np.ndarray:
     return rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)
