@@ -111,3 +111,41 @@ def test_folder_labels(tmp_path):
     root = tmp_path / "root"
     files = [root / "stylegan" / "a.png", root / "cnn" / "biggan" / "fake" / "b.png"]
     assert folder_labels(root, files) == ["stylegan", "cnn/biggan/fake"]
+
+
+def test_pool_analysis_end_to_end(tmp_path, rng, capsys):
+    """A tiny pool of (untrained) synthetic models: rows per model, factors parsed from arch ids."""
+    import json
+
+    import torch
+    from PIL import Image
+
+    from fpt.cli import main
+    from fpt.synth.nets import build_model
+    from fpt.synth.pool import PoolWriter
+    from fpt.synth.space import select_archs
+    from fpt.synth.train import ModelRecord, model_id
+
+    pool = tmp_path / "pool.h5"
+    archs = select_archs("K1-L1-post-*-relu-none")  # nearest / bilinear / deconv
+    with PoolWriter(pool, {"test": 1}) as w:
+        for a in archs:
+            for s in range(2):
+                torch.manual_seed(s)
+                st = {k: v.detach().numpy() for k, v in build_model(a, 8, 3).state_dict().items()}
+                w.add(st, ModelRecord(model_id(a, s), a.id, a.family, s, 0, 0.0, 0.0, False, 0.005, 32, 8, 3))
+    real = tmp_path / "real"
+    real.mkdir()
+    for i in range(6):
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(real / f"{i}.png")
+
+    from fpt.manifold.analysis import embed_pool
+
+    x, labels = embed_pool(pool, real, lambda imgs: torch.stack(imgs).flatten(1).numpy(), per_model=4)
+    assert x.shape == (6 * 4, 3 * 32 * 32) and len(set(labels)) == 6
+
+    assert main(["analyse", str(pool), "--real", str(real), "-r", "freq", "--per-model", "4", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["separability"]["n"] == 24
+    assert [f["factor"] for f in res["factor_nmi"]] == ["U"]  # the only factor that varies here
+    assert main(["analyse", str(pool), "-r", "freq"]) == 2  # --real missing

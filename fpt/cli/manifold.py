@@ -177,7 +177,8 @@ def artifact_cmd(
 
 
 def analyse_cmd(
-    source: Path = typer.Argument(..., help="ROOT folder (one sub-folder per model) or an .npz of embeddings."),
+    source: Path = typer.Argument(..., help="ROOT folder (one sub-folder per model), an .npz of embeddings, "
+                                            "or a synthetic pool (.h5, with --real)."),
     representation: str = typer.Option("artifact-rgb", "--representation", "-r",
                                        help="For folders: rgb, freq, artifact-rgb, artifact-freq, artifact-feat, "
                                             "or a name from fpt eval's registry."),
@@ -185,7 +186,9 @@ def analyse_cmd(
     factors: str = typer.Option("", "--factors", help="CSV model,factor1,... or 'synth' to parse synthetic arch ids."),
     factor_names: str = typer.Option("", "--factor-names", help="Comma list restricting the factors analysed."),
     unit: str = typer.Option("image", "--unit", help="Cluster single images or per-model mean fingerprints."),
-    per_model: int = typer.Option(0, "--per-model", help="Use at most this many images per model (0 = all)."),
+    per_model: int = typer.Option(0, "--per-model", help="Use at most this many images per model (0 = all; pools: 16)."),
+    real: Path = typer.Option(None, "--real", help="Pools: real images the synthetic models are applied to."),
+    models: str = typer.Option("*", "--models", help="Pools: fnmatch pattern on model / architecture ids."),
     save: Path = typer.Option(None, "--save", help="Also write the embeddings to this .npz."),
     standardize: bool = typer.Option(False, "--standardize", help="z-score feature columns before clustering."),
     seed: int = typer.Option(0, "--seed"),
@@ -230,8 +233,26 @@ def analyse_cmd(
                 with open(tmp, "wb") as fh:
                     np.savez(fh, embeddings=x.astype(np.float32), labels=np.array(labels),
                              paths=np.array([str(p) for p in kept]), representation=rep_name)
+    elif source.is_file() and source.suffix in (".h5", ".hdf5"):
+        if real is None:
+            raise ConfigError("analysing a synthetic pool needs --real DIR (the images its models are applied to)")
+        embed, rep_name = _representation(representation, manifold, device)
+        from fpt.devices import select_device
+
+        with progress(disable=json_out) as bar:
+            task = bar.add_task(f"pool models ({rep_name})", total=None)
+            x, labels = an.embed_pool(source, real, embed, per_model=per_model or 16, models=models, seed=seed,
+                                      device=str(select_device(device)),
+                                      on_progress=lambda d, t: bar.update(task, completed=d, total=t))
+        factors = factors or "synth"
+        if save is not None:
+            from fpt.storage import atomic_path
+
+            with atomic_path(save) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, embeddings=x.astype(np.float32), labels=np.array(labels), representation=rep_name)
     else:
-        raise InputError("not a folder or an .npz file", path=source)
+        raise InputError("not a folder, an .npz file or a pool (.h5)", path=source)
 
     sep = an.separability(x, labels, seed=seed, standardize=standardize)
     fac = None

@@ -264,3 +264,60 @@ def embed_files(files: Sequence[Path], embed: Callable[[list], np.ndarray], batc
     if not rows:
         raise InputError("none of the images could be read")
     return np.concatenate(rows), kept, failed
+
+
+def embed_pool(
+    pool_path: str | Path,
+    real: str | Path | Sequence[str | Path],
+    embed: Callable[[list], np.ndarray],
+    *,
+    per_model: int = 16,
+    size: int | None = None,
+    models: str = "*",
+    seed: int = 0,
+    device: str = "cpu",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Fingerprint rows of every model in a synthetic pool (model by model: bounded memory).
+
+    Every model is applied to the SAME ``per_model`` real crops (seeded), so rows differ by model
+    only, not by content; crop side = ``size`` or the pool's training crop size. Grid generators
+    get their noise from a generator seeded per model.
+    """
+    import fnmatch
+    import random
+
+    import torch
+
+    from fpt.images import LoadFailure, find_images, iter_images, random_crop
+    from fpt.synth.nets import fingerprint
+    from fpt.synth.pool import Pool
+
+    files = find_images(real)
+    rnd = random.Random(seed)
+    files = rnd.sample(files, min(len(files), per_model * 3))  # spares for unreadable files
+    with Pool.open(pool_path) as pool:
+        ids = [m for m in pool.model_ids if fnmatch.fnmatchcase(m, models) or fnmatch.fnmatchcase(m.split("/")[0], models)]
+        if not ids:
+            raise ConfigError(f"no model in the pool matches {models!r}", hint="see fpt synth info POOL")
+        side = int(size or pool.record(ids[0]).size or 64)
+        gen = torch.Generator().manual_seed(seed)
+        crops = []
+        for _, img in iter_images(files):
+            if not isinstance(img, LoadFailure):
+                crops.append(random_crop(img, side, gen))
+            if len(crops) == per_model:
+                break
+        if len(crops) < 2:
+            raise InputError("too few readable real images to drive the pool's models", path=str(real))
+        batch = torch.stack(crops).to(device)
+        rows, labels = [], []
+        for i, mid in enumerate(ids):
+            model = pool.load(mid, device=device)
+            g = torch.Generator(device=batch.device).manual_seed(seed * 1_000_003 + i)
+            out = fingerprint(model, pool.spec(mid), batch, generator=g).cpu()
+            rows.append(np.asarray(embed(list(out)), dtype=np.float64))
+            labels += [mid] * out.shape[0]
+            if on_progress:
+                on_progress(i + 1, len(ids))
+    return np.concatenate(rows), labels
