@@ -294,7 +294,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
     val = None
     baseline: dict = {}
     if is_main and val_ids:
-        vc = val_bank.get(torch.arange(min(len(val_bank), cfg.val_images_per_model)))
+        # One crop per held-out real image first (content diversity), then further crops.
+        order = sorted(range(len(val_bank)), key=lambda i: (i > 0 and int(val_bank.image_index[i]) == int(val_bank.image_index[i - 1]), i))
+        vc = val_bank.get(torch.tensor(order[: cfg.val_images_per_model], dtype=torch.int64))
         val_x, val_y = fingerprinted_set(source, val_ids, vc, seed=cfg.seed)
         val = (val_x, val_y)
         baseline = verification_and_identification(spectrum_baseline_embeddings(val_x), val_y, seed=cfg.seed)
