@@ -190,13 +190,13 @@ def register(app: typer.Typer) -> None:
         if len(images) > 1:
             print_table(
                 "Summary per input (mean spectrum over each input's images, centre-cropped)",
-                ["input", "images", "failed", "HP ratio (mean ± sd)", "mean-spectrum HP", "crop", "mean-spectrum grid peaks"],
+                ["input", "images", "failed", "HP ratio ± sd", "HP of mean", "crop", "grid peaks of mean spectrum"],
                 [
                     [
                         p.name or str(p),
                         len(g.images),
                         len(g.failures),
-                        f"{g.hp_ratio_mean:.4f} ± {g.hp_ratio_std:.4f}" if g.images else "-",
+                        f"{g.hp_ratio_mean:.3f} ± {g.hp_ratio_std:.3f}" if g.images else "-",
                         g.mean_hp_ratio if g.images else None,
                         g.crop if g.images else None,
                         _peaks_text(g.mean_peaks, top=5) if g.images else "-",
