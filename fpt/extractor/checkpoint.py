@@ -180,7 +180,7 @@ class Extractor:
                 x = crops[i : i + batch_size].to(self.device, dtype=torch.float32, non_blocking=True)
                 spec = self.net.spectrum(x)
                 with autocast_context(self.device):
-                    emb = self.net.forward_spectrum(spec).embedding
+                    emb = self.net.embed_spectrum(spec)
                 out.append(torch.nn.functional.normalize(emb.float(), dim=1).cpu())
         if not out:
             return torch.empty(0, self.embedding_dim)

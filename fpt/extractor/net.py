@@ -151,11 +151,15 @@ class FingerprintNet(nn.Module):
         spec_mean: float = 0.0,
         spec_std: float = 1.0,
         crop_size: int = 64,
+        embed_from: str = "projection",
     ) -> None:
         super().__init__()
         self._config = dict(backbone=backbone, width=width, stem=stem, embedding_dim=embedding_dim,
                             num_classes=num_classes, residual=residual, denoiser=denoiser, grey=grey,
-                            eps=eps, spec_mean=spec_mean, spec_std=spec_std, crop_size=crop_size)
+                            eps=eps, spec_mean=spec_mean, spec_std=spec_std, crop_size=crop_size,
+                            embed_from=embed_from)
+        if embed_from not in ("projection", "features"):
+            raise ConfigError(f"unknown embedding source '{embed_from}'", hint="projection or features")
         self.transform = SpectrumTransform(build_residual_module(residual, denoiser), grey, eps, spec_mean, spec_std)
         self.backbone = ResNetBackbone(backbone, width, 1 if grey else 3, stem)
         fdim = self.backbone.out_dim
@@ -163,7 +167,8 @@ class FingerprintNet(nn.Module):
         self.projection = nn.Sequential(nn.Linear(fdim, fdim), nn.BatchNorm1d(fdim), nn.ReLU(inplace=True),
                                         nn.Linear(fdim, embedding_dim))
         self.classifier = nn.Linear(fdim, num_classes) if num_classes > 0 else None
-        self.embedding_dim = embedding_dim
+        self.embed_from = embed_from
+        self.embedding_dim = embedding_dim if embed_from == "projection" else fdim
 
     @property
     def config(self) -> dict:
@@ -194,11 +199,17 @@ class FingerprintNet(nn.Module):
     def forward(self, crops: torch.Tensor) -> NetOutput:
         return self.forward_spectrum(self.spectrum(crops))
 
+    def embed_spectrum(self, spec: torch.Tensor) -> torch.Tensor:
+        """Inference embedding (L2-normalised): the projection, or the pooled features."""
+        if self.embed_from == "features":
+            return F.normalize(self.backbone(spec).float(), dim=1)
+        return self.forward_spectrum(spec).embedding
+
 
 def build_net(**config) -> FingerprintNet:
     """Build a :class:`FingerprintNet` from a config dict (as stored in checkpoints)."""
     known = {"backbone", "width", "stem", "embedding_dim", "num_classes", "residual", "denoiser", "grey",
-             "eps", "spec_mean", "spec_std", "crop_size"}
+             "eps", "spec_mean", "spec_std", "crop_size", "embed_from"}
     unknown = set(config) - known
     if unknown:
         raise ConfigError(f"unknown network options {sorted(unknown)}")

@@ -52,6 +52,7 @@ class TrainConfig:
     width: float = 0.25
     stem: str = "small"
     embedding_dim: int = 128
+    embed_from: str = "auto"             # projection | features | auto (better held-out AUC at the end)
     crop_size: int = 64
     residual: str = "highpass"
     denoiser: str | None = None          # path to denoiser weights (default: shipped)
@@ -86,6 +87,8 @@ class TrainConfig:
             raise ConfigError("--steps must be >= 1")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ConfigError(f"unknown schedule '{self.schedule}'", hint="cosine, step or constant")
+        if self.embed_from not in ("auto", "projection", "features"):
+            raise ConfigError(f"unknown embedding source '{self.embed_from}'", hint="auto, projection or features")
         if self.residual not in ("highpass", "denoiser"):
             raise ConfigError(f"unknown residual '{self.residual}'", hint="highpass or denoiser")
         if self.lr <= 0:
@@ -155,7 +158,9 @@ def verification_and_identification(emb: np.ndarray, labels: np.ndarray, *, seed
     return out
 
 
-def embed_images(net: FingerprintNet, images: torch.Tensor, device: torch.device, batch: int = 256) -> np.ndarray:
+def embed_images(net: FingerprintNet, images: torch.Tensor, device: torch.device, batch: int = 256,
+                 features: bool = False) -> np.ndarray:
+    """Embeddings (projection; or pooled backbone features with ``features``) in eval mode."""
     was_training = net.training
     net.eval()
     out = []
@@ -164,7 +169,8 @@ def embed_images(net: FingerprintNet, images: torch.Tensor, device: torch.device
             x = images[i : i + batch].to(device)
             spec = net.spectrum(x)
             with autocast_context(device):
-                out.append(net.forward_spectrum(spec).embedding.float().cpu())
+                o = net.forward_spectrum(spec)
+                out.append((o.features if features else o.embedding).float().cpu())
     net.train(was_training)
     return torch.cat(out).numpy()
 
@@ -309,6 +315,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         if val is None:
             return {"step": step}
         m = verification_and_identification(embed_images(net, val[0], device), val[1], seed=cfg.seed)
+        # Same metrics on the pooled backbone features (to choose the inference embedding).
+        f = verification_and_identification(embed_images(net, val[0], device, features=True), val[1], seed=cfg.seed)
+        m.update({f"feat_{k}": v for k, v in f.items()})
         m["step"] = step
         return m
 
@@ -378,7 +387,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         save_state(cfg.steps, wall)
         final = history[-1] if history else {}
         net.eval()
-        shipped = build_net(**dict(net.config, num_classes=0))
+        embed_from = cfg.embed_from
+        if embed_from == "auto":
+            embed_from = "features" if final.get("feat_auc", -1) > final.get("auc", 0) else "projection"
+        shipped = build_net(**dict(net.config, num_classes=0, embed_from=embed_from))
         sd = {k: v for k, v in net.state_dict().items() if not k.startswith("classifier.")}
         shipped.load_state_dict(sd)
         meta = _cfg_json(cfg)
