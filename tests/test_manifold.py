@@ -257,3 +257,14 @@ def test_write_manifold_from_arrays(tmp_path, rng):
         assert m.space("rgb").calib_nn.size == 12
     with pytest.raises(ConfigError):
         write_manifold(tmp_path / "bad.h5", {"rgb": (SpaceSpec("rgb", size=8), feats)}, ["only-one"])
+
+
+def test_artifact_through_extractor(manifold_file, real_dir):
+    from fpt.images import load_image
+    from fpt.representations import build_representation
+
+    rep = build_representation("artifact-rgb-fpt", manifold=str(manifold_file), device="cpu")
+    assert rep.name == "artifact-rgb-fpt"
+    x = rep.embed_images([load_image(real_dir / "img001.png"), torch.rand(3, 40, 40)])
+    assert x.shape[0] == 2 and np.isfinite(x).all()
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4)

@@ -180,8 +180,8 @@ def analyse_cmd(
     source: Path = typer.Argument(..., help="ROOT folder (one sub-folder per model), an .npz of embeddings, "
                                             "or a synthetic pool (.h5, with --real)."),
     representation: str = typer.Option("artifact-rgb", "--representation", "-r",
-                                       help="For folders: rgb, freq, artifact-rgb, artifact-freq, artifact-feat, "
-                                            "or a name from fpt eval's registry."),
+                                       help="rgb, freq (raw spaces), artifact-rgb, artifact-freq, artifact-feat, "
+                                            "artifact-rgb-fpt, or any fpt eval method (fpt, prnu, spectrum)."),
     manifold: Path = typer.Option(None, "--manifold", "-m", help="Manifold file (artifact-* representations)."),
     factors: str = typer.Option("", "--factors", help="CSV model,factor1,... or 'synth' to parse synthetic arch ids."),
     factor_names: str = typer.Option("", "--factor-names", help="Comma list restricting the factors analysed."),
@@ -284,7 +284,7 @@ def _representation(name: str, manifold: Path | None, device: str):
     from fpt.devices import select_device
 
     name = name.strip().lower()
-    if name.startswith("artifact-"):
+    if name in ("artifact-rgb", "artifact-freq", "artifact-feat"):
         if manifold is None:
             raise ConfigError(f"representation {name} needs --manifold", hint="build one with fpt manifold build")
         from fpt.manifold.artifact import ArtifactRepresentation
@@ -316,7 +316,9 @@ def _representation(name: str, manifold: Path | None, device: str):
         available_methods, build_representation = (lambda: []), None
     known = available_methods()
     if build_representation is not None and name in known:
-        rep = build_representation(name, device=device)
+        if name.startswith("artifact-") and manifold is None:
+            raise ConfigError(f"representation {name} needs --manifold", hint="build one with fpt manifold build")
+        rep = build_representation(name, device=device, manifold=str(manifold) if manifold else None)
         return rep.embed_images, getattr(rep, "name", name)
     choices = sorted({"rgb", "freq", "artifact-rgb", "artifact-freq", "artifact-feat", *known})
     raise ConfigError(f"unknown representation {name!r}", hint=f"choose from {', '.join(choices)}")
