@@ -251,7 +251,9 @@ def spectrum_figure(arrays: SpectrumArrays, title: str, peaks: Sequence[S.GridPe
     p = arrays.power.mean(0)
     h, w = p.shape
     ext = (-0.5, 0.5 - 1.0 / w, 0.5 - 1.0 / h, -0.5)
-    axes[0].imshow(np.log10(p + 1e-12), cmap="magma", extent=ext)
+    logp = np.log10(p + 1e-12)
+    lo, hi = np.percentile(logp, [1.0, 99.9])  # robust contrast: DC and single hot bins do not set it
+    axes[0].imshow(logp, cmap="magma", extent=ext, vmin=lo, vmax=hi)
     for g in peaks[:12]:
         for sy, sx in ((1, 1), (-1, -1)):
             fy, fx = sy * g.fy, sx * g.fx
@@ -261,9 +263,11 @@ def spectrum_figure(arrays: SpectrumArrays, title: str, peaks: Sequence[S.GridPe
     axes[0].set_title("log10 power spectrum of residual")
     axes[0].set_xlabel("fx (cycles/px)")
     axes[0].set_ylabel("fy (cycles/px)")
-    axes[1].semilogy(arrays.ai_freq, arrays.ai)
+    # Ring 0 (DC) is removed with the mean; plotting it would stretch the log axis for nothing.
+    axes[1].semilogy(arrays.ai_freq[1:], arrays.ai[1:])
     axes[1].axvline(0.25, color="grey", ls="--", lw=0.8)
-    axes[1].set_title("azimuthal integral (Eq. 12); HP share right of --")
+    axes[1].text(0.26, 0.05, "HP band (Eq. 13)", transform=axes[1].get_xaxis_transform(), fontsize=8, color="grey")
+    axes[1].set_title("azimuthal integral (Eq. 12)")
     axes[1].set_xlabel("radius (cycles/px)")
     lag = arrays.autocorr.shape[0] // 2
     acf = arrays.autocorr.copy()
