@@ -414,7 +414,9 @@ def summary_table(g: GroupResult) -> tuple[list[str], list[list]]:
 
 def per_model_rows(g: GroupResult) -> tuple[list[str], list[list]]:
     cols = ["model", "images"] + [f"ID acc {m}" for m in g.methods]
-    rows = [[name, g.counts[name]] + [g.methods[m].id_per_model.get(name) for m in g.methods] for name in g.models]
+    prefix = g.group + "/"
+    rows = [[name[len(prefix):] if name.startswith(prefix) else name, g.counts[name]]
+            + [g.methods[m].id_per_model.get(name) for m in g.methods] for name in g.models]
     return cols, rows
 
 

@@ -382,17 +382,23 @@ def register(app: typer.Typer) -> None:
         else:
             rows = []
             for r in results:
-                tops = ", ".join(f"{m} {s:.3f}" for m, s in r.top)
+                tops = "\n".join(f"{m} {s:.4f}" for m, s in r.top)
                 decided = r.model if r.identified else f"[red]unknown[/red]"
                 rows.append([r.path, decided, r.score, tops, "yes" if r.low_confidence else ""])
             from rich.table import Table
 
             table = Table(title=f"identification against {g.path.name} ({len(g.models)} models)",
                           caption=f"threshold {t_used:.4f} ({src})" if t_used is not None else "no threshold")
-            for c in ("image", "model", "score", f"top-{min(top_k, len(g.models))}", "low-conf"):
-                table.add_column(c, justify="left" if c in ("image", "model") else "right", overflow="fold")
+            any_low = any(r.low_confidence for r in results)
+            table.add_column("image", overflow="fold")
+            table.add_column("model", overflow="fold")
+            table.add_column("score", justify="right", no_wrap=True)
+            table.add_column(f"top-{min(top_k, len(g.models))} (cosine)", no_wrap=True)
+            if any_low:
+                table.add_column("low-conf")
             for row in rows:
-                table.add_row(str(row[0]), row[1], f"{row[2]:.4f}", row[3], row[4])
+                cells = [str(row[0]), row[1], f"{row[2]:.4f}", row[3]] + ([row[4]] if any_low else [])
+                table.add_row(*cells)
             console.print(table)
             if len(results) > 1 or failed:
                 from collections import Counter
