@@ -34,7 +34,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from fpt.manifold.spaces import SpaceSpec
-    from fpt.manifold.store import Manifold, write_manifold
+    from fpt.manifold.build import write_manifold
+    from fpt.manifold.store import Manifold
 
     rng = np.random.default_rng(0)
     d = 3 * args.size * args.size

@@ -246,7 +246,7 @@ def test_default_chunk_is_sane():
 
 
 def test_write_manifold_from_arrays(tmp_path, rng):
-    from fpt.manifold.store import write_manifold
+    from fpt.manifold.build import write_manifold
 
     feats = rng.random((12, 3 * 8 * 8)).astype(np.float32)
     out = write_manifold(tmp_path / "w.h5", {"rgb": (SpaceSpec("rgb", size=8), feats)}, [f"p{i}" for i in range(12)])

@@ -1,7 +1,8 @@
 """ManiFPT (paper 002): reference manifolds of real images, projections and artifacts.
 
 - :mod:`fpt.manifold.spaces` — the rgb / freq / feat embedding spaces and their preprocessing.
-- :mod:`fpt.manifold.store`  — the HDF5 manifold file, streaming build, exact chunked L2 search.
+- :mod:`fpt.manifold.store`  — the HDF5 manifold file (reading) and exact chunked L2 search.
+- :mod:`fpt.manifold.build`  — streaming build from image folders, or from precomputed rows.
 - :mod:`fpt.manifold.artifact` — projection x -> x*, artifact a(x) = x - x*, figures, and
   :class:`ArtifactRepresentation` for ``fpt eval``.
 - :mod:`fpt.manifold.analysis` — FDR / NMI / silhouette / Davies-Bouldin of fingerprint
@@ -16,7 +17,8 @@ from fpt.manifold.artifact import (
     register_representations,
 )
 from fpt.manifold.spaces import SPACES, SpaceEmbedder, SpaceSpec, fixed_view, log_magnitude
-from fpt.manifold.store import KIND, SCHEMA, BuildReport, Manifold, Neighbours, build_manifold, nearest_in_array
+from fpt.manifold.build import BuildReport, build_manifold, write_manifold
+from fpt.manifold.store import KIND, SCHEMA, Manifold, Neighbours, nearest_in_array
 
 __all__ = [
     "KIND",
@@ -36,4 +38,5 @@ __all__ = [
     "log_magnitude",
     "nearest_in_array",
     "register_representations",
+    "write_manifold",
 ]

@@ -245,7 +245,7 @@ def _adhoc_manifold(real_images: str | Path, space: str, device: str) -> Path:
 
     from fpt.devices import select_device
     from fpt.manifold.spaces import resolve_spec
-    from fpt.manifold.store import build_manifold
+    from fpt.manifold.build import build_manifold
 
     key = (str(Path(real_images).resolve()), space)
     if key not in _ADHOC:
