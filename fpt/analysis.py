@@ -103,15 +103,20 @@ def analyse_tensor(
     path: Path | str = "<tensor>",
     keep_arrays: bool = False,
     peak_threshold: float = 10.0,
+    periodic: bool = False,
 ) -> tuple[ImageSpectrum, torch.Tensor]:
-    """Analyse one (3, H, W) image; returns the summary and the residual (C, H, W) for averaging."""
+    """Analyse one (3, H, W) image; returns the summary and the residual (C, H, W) for averaging.
+
+    With ``periodic`` the spectrum is taken of the residual's periodic component (no border
+    cross, see :func:`fpt.spectrum.periodic_component`); the returned residual is the plain one.
+    """
     x = image.unsqueeze(0) if image.dim() == 3 else image
     with torch.no_grad():
         r = residual(x) if residual is not None else x
         if grey:
             r = S.to_grey(r)
         r = (r - r.mean(dim=(-2, -1), keepdim=True)).float()[0]
-        power = S.power_spectrum(r)
+        power = S.power_spectrum(S.periodic_component(r) if periodic else r)
         ai = S.azimuthal_integral(power.mean(0))
         peaks = S.find_grid_peaks(power, threshold=peak_threshold)
         arrays = _arrays(power, S.autocorrelation(power, from_power=True)) if keep_arrays else None
@@ -150,6 +155,7 @@ def analyse_paths(
     crop: int | None = None,
     keep_arrays: bool = False,
     peak_threshold: float = 10.0,
+    periodic: bool = False,
     on_progress: Callable[[Path], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> FolderSpectrum:
@@ -165,7 +171,7 @@ def analyse_paths(
     if on_total:
         on_total(len(files))
     res = resolve_residual(residual, device)
-    mean = S.MeanSpectrum(crop)
+    mean = S.MeanSpectrum(crop, periodic=periodic)
     results: list[ImageSpectrum] = []
     failures: list[LoadFailure] = []
     for p, img in iter_images(files):
@@ -175,7 +181,13 @@ def analyse_paths(
             if mean.size is None:
                 mean.size = min(512, *img.shape[-2:])
             rep, r = analyse_tensor(
-                img.to(device), res, grey=grey, path=p, keep_arrays=keep_arrays, peak_threshold=peak_threshold
+                img.to(device),
+                res,
+                grey=grey,
+                path=p,
+                keep_arrays=keep_arrays,
+                peak_threshold=peak_threshold,
+                periodic=periodic,
             )
             results.append(rep)
             mean.update(r)

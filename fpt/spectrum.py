@@ -128,6 +128,36 @@ def zero_interleave(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
     return out
 
 
+# ------------------------------------------------------------------ edge effects
+
+
+def periodic_component(x: torch.Tensor) -> torch.Tensor:
+    """Periodic part of the periodic + smooth decomposition (Moisan 2011) over the last two dims.
+
+    The DFT treats an image as periodic; the jump between opposite borders then leaks into a
+    bright cross along both frequency axes, which can hide or fake axis-aligned peaks. The
+    periodic component has the same content minus a smooth image that absorbs the border jumps:
+    ``p = x - s`` with ``DFT(s) = DFT(v) / (2 cos(2 pi q / H) + 2 cos(2 pi r / W) - 4)``, where
+    ``v`` holds the border differences. Cost: two FFTs. The mean is kept.
+    """
+    h, w = x.shape[-2:]
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    v = torch.zeros_like(xf)
+    d_rows = xf[..., -1, :] - xf[..., 0, :]
+    v[..., 0, :] += d_rows
+    v[..., -1, :] -= d_rows
+    d_cols = xf[..., :, -1] - xf[..., :, 0]
+    v[..., :, 0] += d_cols
+    v[..., :, -1] -= d_cols
+    q = torch.arange(h, device=x.device, dtype=torch.float64).view(h, 1)
+    r = torch.arange(w, device=x.device, dtype=torch.float64).view(1, w)
+    den = 2 * torch.cos(2 * math.pi * q / h) + 2 * torch.cos(2 * math.pi * r / w) - 4
+    den[0, 0] = 1.0  # the smooth part has zero mean
+    sf = torch.fft.fft2(v) / den.to(xf.dtype)
+    sf[..., 0, 0] = 0
+    return xf - torch.fft.ifft2(sf).real
+
+
 # ------------------------------------------------------------------ residual spectra
 
 
@@ -232,13 +262,15 @@ class MeanSpectrum:
     Images of different sizes cannot share frequency bins, so every input is first **centre-cropped
     to ``size`` x ``size``** (images smaller than that are mirror-padded, see
     :func:`fpt.images.pad_to_min_size`, and counted in ``n_padded``). When ``size`` is None it is
-    fixed by the first update as the shorter side of that input. Feed residuals (or images) with
+    fixed by the first update as the shorter side of that input. With ``periodic`` each crop is
+    replaced by its :func:`periodic_component` (no border cross). Feed residuals (or images) with
     :meth:`update`, or already-computed power spectra of the right size with :meth:`update_power`.
     Sums are kept in float64 on the inputs' device; memory is O(C * size^2) whatever the count.
     """
 
-    def __init__(self, size: int | None = None) -> None:
+    def __init__(self, size: int | None = None, *, periodic: bool = False) -> None:
         self.size = size
+        self.periodic = periodic
         self.count = 0
         self.n_padded = 0
         self._sum: torch.Tensor | None = None
@@ -253,6 +285,8 @@ class MeanSpectrum:
             self.size = int(min(x.shape[-2:]))
         padded = min(x.shape[-2:]) < self.size
         x = center_crop(x, self.size)
+        if self.periodic:  # after the crop: the crop makes new borders
+            x = periodic_component(x)
         x = x - x.mean(dim=(-2, -1), keepdim=True)
         self.update_power(power_spectrum(x.float()))
         if padded:

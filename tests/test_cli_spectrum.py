@@ -116,6 +116,13 @@ def test_spectrum_skips_bad_files_and_warns(capsys, folder):
     assert "skipped" in err and "broken.png" in err
 
 
+def test_spectrum_periodic_option(capsys, folder):
+    code, out, err = _run(capsys, "spectrum", folder / "n1.png", "--json", "--periodic")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["summary"]["periodic"] is True and 0 < data["images"][0]["hp_ratio"] < 1
+
+
 def test_spectrum_limit_applies_per_input(capsys, folder):
     code, out, _ = _run(capsys, "spectrum", folder, folder / "sub", "--json", "--limit", "2")
     assert code == 0 and [g["images"] for g in json.loads(out)["groups"]] == [2, 1]

@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
             None, "--crop", help="Common centre-crop side for the mean spectrum (default: first image's shorter side, max 512)."
         ),
         threshold: float = typer.Option(10.0, "--threshold", help="Grid-peak strength threshold (peak / local median)."),
+        periodic: bool = typer.Option(
+            False, "--periodic", help="Remove the border cross first (periodic + smooth decomposition, Moisan 2011)."
+        ),
         limit: Optional[int] = typer.Option(None, "--limit", help="Analyse only the first N images (sorted) of each input."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of tables."),
@@ -94,6 +97,7 @@ def register(app: typer.Typer) -> None:
                             device=dev,
                             crop=crop,
                             peak_threshold=threshold,
+                            periodic=periodic,
                             on_progress=lambda _p: bar.advance(task),
                         ),
                     )
@@ -128,7 +132,13 @@ def register(app: typer.Typer) -> None:
             }
 
         payload = {
-            "summary": {"residual": residual, "grey": grey, "images": len(images), "failed": len(failures)},
+            "summary": {
+                "residual": residual,
+                "grey": grey,
+                "periodic": periodic,
+                "images": len(images),
+                "failed": len(failures),
+            },
             "groups": [group_json(p, g) for p, g in results],
             "images": [_image_json(r) for r in images],
             "failures": [{"path": f.path, "reason": f.reason} for f in failures],
@@ -144,7 +154,13 @@ def register(app: typer.Typer) -> None:
                 res = A.resolve_residual(residual, dev)
                 for rep in images:
                     one, _ = A.analyse_tensor(
-                        load_image(rep.path).to(dev), res, grey=grey, path=rep.path, keep_arrays=True, peak_threshold=threshold
+                        load_image(rep.path).to(dev),
+                        res,
+                        grey=grey,
+                        path=rep.path,
+                        keep_arrays=True,
+                        peak_threshold=threshold,
+                        periodic=periodic,
                     )
                     stem = A.output_stem(rep.path, root)
                     A.save_npz(one.arrays, out / f"{stem}.npz")
