@@ -43,6 +43,8 @@ from fpt.images import IMAGE_EXTENSIONS, load_image
 from fpt.metrics import attribution as M
 
 NS_VALUES = (1, 5, 10)
+#: methods whose vectors depend on a fixed crop size (``baseline_crop``): rebuilt per group
+CROP_DEPENDENT = frozenset({"prnu", "spectrum"})
 SMALL_SIDE = 32
 
 
@@ -311,8 +313,11 @@ def evaluate(root: str | Path, methods: Sequence[str], *, seed: int = 0, n_pairs
         from fpt.extractor.checkpoint import load_extractor
 
         kwargs["extractor"] = load_extractor(ex, device=kwargs.get("device", "auto"))  # once, for every group
-    for m in methods:  # fail on a bad method name before loading anything
-        build_representation(m, seed=seed, **kwargs) if m != "fpt" else None
+    # Built once (extractors, manifolds are costly); the fixed-crop baselines are rebuilt per group.
+    shared = {m: build_representation(m, seed=seed, **kwargs) for m in methods if m not in CROP_DEPENDENT}
+    for m in methods:  # fail on a bad method name before loading any image
+        if m in CROP_DEPENDENT:
+            build_representation(m, seed=seed, **kwargs)
 
     images: list[torch.Tensor] = []
     labels: list[str] = []
@@ -348,7 +353,7 @@ def evaluate(root: str | Path, methods: Sequence[str], *, seed: int = 0, n_pairs
         embs: dict[str, np.ndarray] = {}
         secs: dict[str, float] = {}
         for m in methods:
-            rep = build_representation(m, seed=seed, **gkw)
+            rep = shared[m] if m in shared else build_representation(m, seed=seed, **gkw)
             t0 = time.perf_counter()
             adv = progress(f"{gname}: embedding with {m}", idx.size) if progress else None
             parts = []

@@ -498,7 +498,9 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_cmd(
         root: Path = typer.Argument(..., help="ROOT/<model>/* labelled folders (cnndetection <gen>/fake = model <gen>)."),
-        methods: str = typer.Option("fpt,prnu,spectrum", "--methods", help="Comma-separated: fpt, prnu, spectrum, ..."),
+        methods: str = typer.Option("fpt,prnu,spectrum", "--methods",
+                                    help="Comma-separated: fpt, prnu, spectrum, artifact-rgb, artifact-freq, "
+                                         "artifact-feat, artifact-rgb-fpt (artifact-* need --manifold or --real)."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
         out: Path = typer.Option(Path("fpt-eval"), "--out", "-o", help="Folder for ROC / histogram PNGs and eval.json."),
@@ -508,6 +510,9 @@ def register(app: typer.Typer) -> None:
         k_shot: int = typer.Option(10, "--k-shot", help="Images per model in the identification gallery."),
         unknown_fraction: float = typer.Option(0.3, "--unknown-fraction", help="Share of models held out as unknown."),
         far: float = typer.Option(0.05, "--far", help="FAR for the open-set threshold (gallery calibration)."),
+        manifold: Optional[Path] = typer.Option(None, "--manifold", help="Real-image manifold for artifact-* methods "
+                                                "(fpt manifold build)."),
+        real: Optional[Path] = typer.Option(None, "--real", help="Real images for an ad-hoc manifold (artifact-* methods)."),
         figures: bool = typer.Option(True, "--figures/--no-figures", help="Write ROC and histogram PNGs."),
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
@@ -524,7 +529,10 @@ def register(app: typer.Typer) -> None:
 
             res = evaluate(root, mlist, seed=seed, n_pairs=pairs, k_shot=k_shot, repeats=repeats,
                            unknown_fraction=unknown_fraction, far=far,
-                           representation_kwargs={"extractor": extractor, "device": device}, progress=make)
+                           representation_kwargs={"extractor": extractor, "device": device,
+                                                  **({"manifold": manifold} if manifold else {}),
+                                                  **({"real_images": real} if real else {})},
+                           progress=make)
         out.mkdir(parents=True, exist_ok=True)
         pngs = []
         for g in res.groups:
