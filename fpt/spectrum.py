@@ -15,6 +15,12 @@ AI(w_k) = integral_0^2pi |F(w_k cos phi, w_k sin phi)|^2 dphi, which on the pixe
 corners) are outside every ring, as in the paper. A white spectrum therefore gives a flat AI and
 HP ratio (Eq. 13) of exactly 0.5. (Summing ring pixels instead would weight each ring by its
 circumference ~ 2 pi k; we do not do that.)
+
+Beyond the core (``power_spectrum``, ``azimuthal_integral``, ``hp_ratio``, ``zero_interleave``):
+``residual_spectra`` (residual -> power), ``azimuthal_integral_fast`` (rfft2 path for real
+signals), ``radial_spectrum`` / ``angular_spectrum`` / ``autocorrelation`` (the recipes other
+forensic labs publish), ``periodic_component`` (no border cross), ``MeanSpectrum`` (streaming
+mean over many images) and ``find_grid_peaks`` (peaks at 1/2, 1/4, 1/8 of the sampling rate).
 """
 
 from __future__ import annotations
