@@ -112,16 +112,12 @@ def build_manifold(
             paths_ds = f.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype(),
                                         chunks=(1024,))
 
-            def flush(batch_paths: list[Path], batch_imgs: list[torch.Tensor]) -> None:
+            # Only the fixed-size views of a batch are held (never the full-size decoded images),
+            # so memory is batch x spaces x 3 x S x S floats whatever the photos' resolution.
+            def flush(batch_paths: list[Path], batch_views: list[list[torch.Tensor]]) -> None:
                 n0 = paths_ds.shape[0]
                 n1 = n0 + len(batch_paths)
-                for spec, emb, ds, pds in zip(specs, embedders, feats, pix):
-                    views = []
-                    for img in batch_imgs:
-                        v, padded = fixed_view(img, spec.size, spec.fit)
-                        views.append(v)
-                        if padded and spec is specs[0]:
-                            report.padded += 1
+                for views, emb, ds, pds in zip(batch_views, embedders, feats, pix):
                     views_t = torch.stack(views)
                     rows = emb(views_t).cpu().numpy().astype(np.float32)
                     ds.resize((n1, ds.shape[1]))
@@ -133,7 +129,7 @@ def build_manifold(
                 paths_ds[n0:n1] = [str(p) for p in batch_paths]
 
             batch_p: list[Path] = []
-            batch_i: list[torch.Tensor] = []
+            batch_v: list[list[torch.Tensor]] = [[] for _ in specs]
             done = 0
             for p, img in iter_images(files):
                 done += 1
@@ -141,14 +137,19 @@ def build_manifold(
                     report.failed.append((str(p), img.reason))
                 else:
                     batch_p.append(p)
-                    batch_i.append(img)
+                    for k, spec in enumerate(specs):
+                        v, padded = fixed_view(img, spec.size, spec.fit)
+                        batch_v[k].append(v)
+                        if padded and k == 0:
+                            report.padded += 1
+                    del img
                 if len(batch_p) >= batch_size:
-                    flush(batch_p, batch_i)
-                    batch_p, batch_i = [], []
+                    flush(batch_p, batch_v)
+                    batch_p, batch_v = [], [[] for _ in specs]
                 if on_progress is not None:
                     on_progress(done, len(files))
             if batch_p:
-                flush(batch_p, batch_i)
+                flush(batch_p, batch_v)
             report.count = int(paths_ds.shape[0])
             if report.count == 0:
                 raise StoreError("none of the images could be read; no manifold written", path=out)
