@@ -42,7 +42,7 @@ def build_cmd(
     """Embed real images into rgb / freq / feat space and store them as a reference manifold."""
     from fpt.devices import select_device
     from fpt.manifold.spaces import resolve_spec
-    from fpt.manifold.store import build_manifold
+    from fpt.manifold.build import build_manifold
     from fpt.report import print_json, print_table, progress, warn
 
     dev = select_device(device)
@@ -189,6 +189,7 @@ def analyse_cmd(
     per_model: int = typer.Option(0, "--per-model", help="Use at most this many images per model (0 = all; pools: 16)."),
     real: Path = typer.Option(None, "--real", help="Pools: real images the synthetic models are applied to."),
     models: str = typer.Option("*", "--models", help="Pools: fnmatch pattern on model / architecture ids."),
+    crop: int = typer.Option(64, "--crop", help="Pools: side of the real crops fed to the models (px)."),
     save: Path = typer.Option(None, "--save", help="Also write the embeddings to this .npz."),
     standardize: bool = typer.Option(False, "--standardize", help="z-score feature columns before clustering."),
     seed: int = typer.Option(0, "--seed"),
@@ -241,7 +242,7 @@ def analyse_cmd(
 
         with progress(disable=json_out) as bar:
             task = bar.add_task(f"pool models ({rep_name})", total=None)
-            x, labels = an.embed_pool(source, real, embed, per_model=per_model or 16, models=models, seed=seed,
+            x, labels = an.embed_pool(source, real, embed, per_model=per_model or 16, size=crop, models=models, seed=seed,
                                       device=str(select_device(device)),
                                       on_progress=lambda d, t: bar.update(task, completed=d, total=t))
         factors = factors or "synth"
