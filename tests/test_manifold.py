@@ -268,3 +268,36 @@ def test_artifact_through_extractor(manifold_file, real_dir):
     x = rep.embed_images([load_image(real_dir / "img001.png"), torch.rand(3, 40, 40)])
     assert x.shape[0] == 2 and np.isfinite(x).all()
     assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-4)
+
+
+def test_feat_space_with_own_extractor_and_mismatch(tmp_path, real_dir):
+    """feat space: crop size and sha256 come from the extractor; another extractor is refused."""
+    from fpt.errors import ExtractorMismatchError
+    from fpt.extractor.checkpoint import save_extractor
+    from fpt.extractor.net import build_net
+    from fpt.images import load_image
+    from fpt.manifold.spaces import resolve_spec
+
+    torch.manual_seed(0)
+    ex1, ex2 = tmp_path / "one.pt", tmp_path / "two.pt"
+    save_extractor(ex1, build_net(backbone="resnet10", width=0.125, embedding_dim=16, crop_size=32))
+    save_extractor(ex2, build_net(backbone="resnet10", width=0.125, embedding_dim=16, crop_size=32))
+    spec = resolve_spec("feat", None, "crop", str(ex1), torch.device("cpu"))
+    assert spec.size == 32 and len(spec.extractor_sha256) == 64
+    with pytest.raises(ConfigError, match="32px"):
+        resolve_spec("feat", 48, "crop", str(ex1), torch.device("cpu"))
+    out = tmp_path / "feat.h5"
+    build_manifold(real_dir, out, [spec])
+    with Manifold(out) as m:
+        p = Projector(m, "feat").project([load_image(real_dir / "img002.png")])[0]
+        # a network is reproducible only to float rounding across batch sizes (not bit-exact)
+        assert p.nearest_path.endswith("img002.png") and p.distance < 1e-5 and p.artifact.shape == (16,)
+        assert m.space("feat").pixels(0).shape == (3, 32, 32)
+    # the same file read with a different extractor: refused, not silently compared
+    import h5py
+
+    with h5py.File(out, "a") as f:
+        f["spaces/feat"].attrs["spec"] = SpaceSpec.from_json(f["spaces/feat"].attrs["spec"]).__class__(
+            "feat", size=32, extractor=str(ex2), extractor_sha256=spec.extractor_sha256).to_json()
+    with Manifold(out) as m, pytest.raises(ExtractorMismatchError):
+        Projector(m, "feat")
