@@ -236,7 +236,14 @@ class PoolWriter:
                     f"this pool was built with other settings ({', '.join(diff)} differ)",
                     hint="use the same --size/--width/--images as before, or a new --out",
                 )
+        self._remove_stale_temps()
         self.flush(all_parts=True)
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of a writer killed mid-commit (SIGKILL cannot clean up); never the live file."""
+        with store_lock(self.path):
+            for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "PoolWriter":
         return self
@@ -316,3 +323,71 @@ def merge_pools(out: str | Path, inputs: list[str | Path], *, force: bool = Fals
 def check_model_id(mid: str) -> str:
     split_model_id(mid)
     return mid
+
+
+# ------------------------------------------------------------------------------ building
+
+
+def pool_config(cfg, bank) -> dict:
+    """What must agree between a pool, its resumes and its shards (not the device / workers)."""
+    from dataclasses import asdict
+
+    c = asdict(cfg)
+    c.pop("amp", None)
+    c["crops"] = bank.digest()
+    from fpt.synth.nets import IO_RANGE
+
+    c["io"] = IO_RANGE
+    return c
+
+
+def build_pool(out: str | Path, jobs, bank, cfg, *, device="cpu", workers: int = 1,
+               commit_every: int = COMMIT_EVERY, on_start=None, on_done=None) -> tuple[list[ModelRecord], int]:
+    """Train every job not yet in ``out`` and store it; returns (records trained now, skipped).
+
+    Resumable: models already in the pool (or in its crash journal) are skipped.
+    """
+    from fpt.synth.train import model_id, train_many
+
+    with PoolWriter(out, pool_config(cfg, bank), commit_every=commit_every) as writer:
+        todo = [(a, s) for a, s in jobs if model_id(a, s) not in writer.done]
+        skipped = len(jobs) - len(todo)
+        if on_start:
+            on_start(len(todo), skipped)
+        trained = []
+        for state, rec in train_many(todo, bank, cfg, device=device, workers=workers):
+            writer.add(state, rec)
+            trained.append(rec)
+            if on_done:
+                on_done(rec)
+    return trained, skipped
+
+
+def summarise(records: list[ModelRecord], by: str = "family") -> list[dict]:
+    """Per-group rows: models, reached-target share, loss / steps / wall-time quantiles.
+
+    ``by``: "family" (fd / grid), or a factor name K, L, S, U, A, N, D.
+    """
+    from fpt.synth.space import factors
+
+    groups: dict[str, list[ModelRecord]] = {}
+    for r in records:
+        key = r.family if by == "family" else factors(r.arch).get(by, "-")
+        groups.setdefault(key, []).append(r)
+    if len(groups) > 1 or not groups:
+        groups["all"] = list(records)
+    rows = []
+    for key, rs in groups.items():
+        if not rs:
+            continue
+        loss = np.array([r.final_loss for r in rs], dtype=np.float64)
+        rows.append({
+            "group": key, "models": len(rs), "archs": len({r.arch for r in rs}),
+            "reached": float(np.mean([r.reached_target for r in rs])),
+            "loss_p10": float(np.nanquantile(loss, 0.1)), "loss_p50": float(np.nanquantile(loss, 0.5)),
+            "loss_p90": float(np.nanquantile(loss, 0.9)),
+            "steps_p50": float(np.median([r.steps for r in rs])),
+            "wall_s_p50": float(np.median([r.wall_s for r in rs])),
+            "wall_s_total": float(np.sum([r.wall_s for r in rs])),
+        })
+    return rows

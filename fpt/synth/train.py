@@ -131,6 +131,8 @@ class CropBank:
                     max_images: int | None = None, on_skip: Callable[[str], None] | None = None) -> "CropBank":
         """Decode each image once and cut ``n_crops`` crops spread evenly over the images.
 
+        Memory stays bounded by the crops: images are streamed, never all held at once.
+
         Images smaller than ``size`` are mirror-padded by ``random_crop``; unreadable files are
         skipped (reported through ``on_skip``). Raises EmptyInputError when nothing is usable.
         """
@@ -138,14 +140,15 @@ class CropBank:
         if max_images:
             files = files[:max_images]
         g = torch.Generator().manual_seed(seed)
-        per = max(1, math.ceil(n_crops / len(files)))
         crops, used = [], []
-        for path, img in iter_images(files):
+        for i, (path, img) in enumerate(iter_images(files)):
             if isinstance(img, LoadFailure):
                 if on_skip:
                     on_skip(img.reason)
                 continue
             used.append(str(path))
+            # spread what is still missing over the files still to come (skips are made up)
+            per = max(1, math.ceil((n_crops - len(crops)) / (len(files) - i)))
             crops.extend(random_crop(img, size, g) for _ in range(per))
         if not crops:
             raise EmptyInputError("none of the images could be read", path=paths if isinstance(paths, (str, Path)) else None)
@@ -255,3 +258,83 @@ def load_state(model: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
     """Load numpy weights (as stored in the pool) into ``model``; strict."""
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
     return model
+
+
+# ------------------------------------------------------------------------------ many models
+
+Job = tuple[ArchSpec, int]
+
+
+def plan_jobs(archs: Sequence[ArchSpec], seeds: Sequence[int], grid_archs: Sequence[ArchSpec] = (),
+              grid_seeds: Sequence[int] = ()) -> list[Job]:
+    """The (architecture, seed) list of a pool, in a fixed order (FD first, then grid)."""
+    return [(a, s) for a in archs for s in seeds] + [(a, s) for a in grid_archs for s in grid_seeds]
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """'i/n' (0-based i) -> (i, n); None -> (0, 1)."""
+    if not text:
+        return 0, 1
+    try:
+        i, n = (int(t) for t in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"bad --shard {text!r}", hint="use i/n with 0 <= i < n, e.g. --shard 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"bad --shard {text!r}", hint="use i/n with 0 <= i < n, e.g. --shard 0/4")
+    return i, n
+
+
+def shard_jobs(jobs: Sequence[Job], i: int, n: int) -> list[Job]:
+    """Every n-th job starting at i: disjoint shards, each with a mix of architectures."""
+    return list(jobs[i::n])
+
+
+_WORKER_BANK: CropBank | None = None
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+    # a worker must not turn the parent's Ctrl-C into a traceback; the parent stops it
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _worker_train(args: tuple[str, int, TrainConfig]) -> tuple[dict[str, np.ndarray], ModelRecord]:
+    arch_id, seed, cfg = args
+    assert _WORKER_BANK is not None
+    return train_one(parse_arch_id(arch_id), seed, _WORKER_BANK, cfg, "cpu")
+
+
+def train_many(jobs: Sequence[Job], bank: CropBank, cfg: TrainConfig, *, device: str | torch.device = "cpu",
+               workers: int = 1, threads_per_worker: int = 1,
+               on_done: Callable[[dict[str, np.ndarray], ModelRecord], None] | None = None) -> Iterator[tuple[dict[str, np.ndarray], ModelRecord]]:
+    """Train ``jobs``, yielding (state, record) as each finishes (completion order).
+
+    ``workers > 1`` (CPU only) runs one process per worker, forked so they share the crop bank
+    copy-on-write; each uses ``threads_per_worker`` torch threads. On CUDA models are trained
+    one after another on the device (the GPU is the bottleneck, not Python).
+    """
+    device = torch.device(device)
+    if workers > 1 and device.type != "cpu":
+        raise ConfigError("--workers > 1 is for CPU training", hint="on a GPU use --workers 1")
+    if workers <= 1 or len(jobs) <= 1:
+        for spec, seed in jobs:
+            yield train_one(spec, seed, bank, cfg, device)
+        return
+    import multiprocessing as mp
+
+    global _WORKER_BANK
+    _WORKER_BANK = bank
+    ctx = mp.get_context("fork")
+    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(threads_per_worker,))
+    try:
+        for result in pool.imap_unordered(_worker_train, [(a.id, s, cfg) for a, s in jobs]):
+            yield result
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        _WORKER_BANK = None

@@ -1,0 +1,167 @@
+"""Fréchet Frequency Distance (FFD), paper 001 §III-C.
+
+Step I, spectrum pattern of a model: take N (default 100) of its images, remove content with a
+residual extractor (``fpt.residual``; paper: a denoiser), compute each residual's reduced 1-D
+power spectrum by azimuthal integration (``fpt.spectrum.azimuthal_integral``, paper 000 Eq. 12,
+i.e. 2*pi * mean ring power), and average over the N images. Following the reduced spectrum
+of Durall et al. that the paper cites ([17]), each image's spectrum is taken in log scale and
+min-max normalised to [0, 1] before averaging, so brightness/contrast do not dominate.
+Spectra are computed on the luma of centre crops of ``size`` px (M/2 = size/2 dimensions).
+
+Step II: FFD(A, B) = Fréchet distance between Gaussians fitted to the two sets of model
+representations (``fpt.metrics.frechet``). Lower = synthetic models look more like real ones.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fpt.errors import ConfigError, EmptyInputError
+from fpt.images import IMAGE_EXTENSIONS, LoadFailure, center_crop, iter_images
+from fpt.metrics.frechet import frechet_distance
+from fpt.residual import build_residual
+from fpt.spectrum import azimuthal_integral, power_spectrum, to_grey
+
+DEFAULT_N = 100
+DEFAULT_SIZE = 64
+
+
+def reduced_spectra(images: torch.Tensor, residual: nn.Module, eps: float = 1e-12) -> torch.Tensor:
+    """(N, 3, S, S) images -> (N, S/2) log azimuthal integral of the residual, min-max to [0, 1]."""
+    with torch.no_grad():
+        r = to_grey(residual(images.float()))
+        ai = azimuthal_integral(power_spectrum(r)).double()
+    log_ai = torch.log(ai + eps)
+    lo = log_ai.amin(dim=-1, keepdim=True)
+    hi = log_ai.amax(dim=-1, keepdim=True)
+    return ((log_ai - lo) / (hi - lo).clamp_min(1e-12)).float()
+
+
+def model_representation(images: torch.Tensor, residual: nn.Module, batch: int = 50) -> np.ndarray:
+    """Step I: mean reduced spectrum over a model's images (N, 3, S, S) -> (S/2,)."""
+    if images.shape[0] == 0:
+        raise EmptyInputError("no images to compute a spectrum representation from")
+    parts = [reduced_spectra(images[i : i + batch], residual) for i in range(0, images.shape[0], batch)]
+    return torch.cat(parts).mean(0).numpy().astype(np.float64)
+
+
+def ffd(a: np.ndarray, b: np.ndarray) -> float:
+    """Step II: Fréchet distance between two sets of model representations (rows)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ConfigError(f"FFD needs two (n, d) sets with the same d, got {a.shape} and {b.shape}",
+                          hint="compute both sets at the same --size")
+    if len(a) < 2 or len(b) < 2:
+        raise ConfigError("FFD needs at least 2 models on each side (a covariance)")
+    return frechet_distance(a, b)
+
+
+# ------------------------------------------------------------------------------ real models
+
+
+@dataclass
+class ModelSet:
+    """Representations of a set of models: names and a (n_models, d) matrix."""
+
+    names: list[str]
+    reps: np.ndarray
+    skipped: dict[str, str]
+
+
+def find_model_folders(root: str | Path, exclude: Sequence[str] = (), min_images: int = 2) -> dict[str, list[Path]]:
+    """Every folder under ``root`` that directly holds images is one model, named by its path.
+
+    ``exclude``: fnmatch patterns on those names (e.g. ``*/real`` to drop real-photo folders).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder", hint="--real expects ROOT/<model>/ folders of generated images")
+    found: dict[str, list[Path]] = {}
+    for d in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
+        files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if len(files) < min_images:
+            continue
+        name = d.relative_to(root).as_posix() if d != root else root.name
+        if any(fnmatch.fnmatchcase(name, pat) for pat in exclude):
+            continue
+        found[name] = files
+    if not found:
+        raise EmptyInputError(f"no model folders with >= {min_images} images under {root}",
+                              hint="expected ROOT/<model>/*.png")
+    return found
+
+
+def folder_model_set(root: str | Path, *, n: int = DEFAULT_N, size: int = DEFAULT_SIZE, residual: str = "highpass",
+                     exclude: Sequence[str] = (), min_images: int = 2, allow_small: bool = False,
+                     on_model: Callable[[str], None] | None = None) -> ModelSet:
+    """Representations of real generators from ``ROOT/<model>/`` folders (first n images each).
+
+    Images smaller than ``size`` would need padding, which adds its own periodic spectrum, so
+    such models are skipped (reported in ``skipped``) unless ``allow_small``.
+    """
+    res = build_residual(residual).eval()
+    names, reps, skipped = [], [], {}
+    for name, files in find_model_folders(root, exclude, min_images).items():
+        crops = []
+        small = False
+        for _, img in iter_images(files[:n]):
+            if isinstance(img, LoadFailure):
+                continue
+            if min(img.shape[-2:]) < size and not allow_small:
+                small = True
+                break
+            crops.append(center_crop(img, size))
+        if on_model:
+            on_model(name)
+        if small:
+            skipped[name] = f"images smaller than {size} px"
+            continue
+        if len(crops) < min_images:
+            skipped[name] = "too few readable images"
+            continue
+        names.append(name)
+        reps.append(model_representation(torch.stack(crops), res))
+    if not reps:
+        raise EmptyInputError(f"no usable model folders under {root}", hint=f"skipped: {skipped}")
+    return ModelSet(names, np.stack(reps), skipped)
+
+
+def pool_model_set(pool, crops: torch.Tensor, *, model_ids: Sequence[str] | None = None, residual: str = "highpass",
+                   seed: int = 0, device: str | torch.device = "cpu",
+                   on_model: Callable[[str], None] | None = None) -> ModelSet:
+    """Representations of pooled synthetic models, each applied to the same real ``crops``."""
+    from fpt.synth.nets import fingerprint
+
+    res = build_residual(residual).eval()
+    ids = list(model_ids if model_ids is not None else pool.model_ids)
+    reps = []
+    for mid in ids:
+        g = torch.Generator().manual_seed(seed)
+        out = fingerprint(pool.load(mid, device), pool.spec(mid), crops.to(device),
+                          g if torch.device(device).type == "cpu" else None).cpu()
+        reps.append(model_representation(out, res))
+        if on_model:
+            on_model(mid)
+    return ModelSet(ids, np.stack(reps) if reps else np.zeros((0, crops.shape[-1] // 2)), {})
+
+
+def ablation_subsets(model_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Paper 001 Table II sub-spaces of a pool's FD models ("All", "w/o K" ... "w/o seed")."""
+    from fpt.synth.space import ABLATIONS, parse_arch_id
+
+    fd = [m for m in model_ids if not m.startswith("grid-")]
+    subsets = {"All": fd}
+    for name, pred in ABLATIONS.items():
+        subsets[name] = [m for m in fd if pred(parse_arch_id(m))]
+    first_seed: dict[str, str] = {}
+    for m in sorted(fd):
+        first_seed.setdefault(m.split("/")[0], m)
+    subsets["w/o seed"] = sorted(first_seed.values())
+    return subsets
