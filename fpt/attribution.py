@@ -155,7 +155,7 @@ class Lineage:
             if node.is_leaf():
                 lines.append(f"{prefix}{branch}{self.names[node.id]}")
                 return
-            lines.append(f"{prefix}{branch}┐ d={node.dist:.3f}")
+            lines.append(f"{prefix}{branch}┐ d={node.dist:.4g}")
             child_prefix = prefix + ("" if top else ("    " if last else "│   "))
             kids = [node.get_left(), node.get_right()]
             for i, kid in enumerate(kids):

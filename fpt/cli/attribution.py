@@ -18,6 +18,7 @@ import typer
 
 EXIT_UNKNOWN = 10
 EXIT_SOME_FAILED = 11
+ENROLL_CHUNK = 256
 
 _EXTRACTOR_HELP = "Extractor checkpoint (.pt); default: the weights shipped with fpt."
 _DEVICE_HELP = "auto | cpu | cuda | cuda:N"
@@ -121,20 +122,45 @@ def register(app: typer.Typer) -> None:
                 known = set(g0.models[model].hashes)
                 hashes = {p: file_sha256(p) for p in files}
                 files = [p for p in files if hashes[p] not in known]
-        ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=json_out,
-                                  description=f"enrolling {model}")
-        _report_failures(failed)
         import numpy as np
 
-        with edit_gallery(gpath, create=True) as g:
-            res = add_embeddings(
-                g, model,
-                np.stack([r.embedding for r in ok]) if ok else np.zeros((0, int(ex.embedding_dim)), np.float32),
-                [str(r.path) for r in ok], [file_sha256(r.path) for r in ok],
-                np.array([r.low_confidence for r in ok], bool), ex.sha256, int(ex.embedding_dim), meta_d)
-            if res.total == 0:  # nothing readable for a new model: leave the gallery untouched
-                raise _no_images(model, failed)
-            cal = g.calibration
+        from fpt.extractor.embed import EmbedFailure, iter_embeddings
+        from fpt.report import progress
+
+        # Commit every ENROLL_CHUNK images: an interrupted enrolment of a big folder keeps what it
+        # has done, and re-running it skips those images (same sha256) and carries on.
+        ok, failed, pending = [], [], []
+        res = None
+        cal = None
+
+        def commit() -> None:
+            nonlocal res, cal
+            with edit_gallery(gpath, create=True) as g:
+                r = add_embeddings(
+                    g, model,
+                    np.stack([x.embedding for x in pending]) if pending else np.zeros((0, int(ex.embedding_dim)), np.float32),
+                    [str(x.path) for x in pending], [file_sha256(x.path) for x in pending],
+                    np.array([x.low_confidence for x in pending], bool), ex.sha256, int(ex.embedding_dim), meta_d)
+                if r.total == 0:  # nothing readable for a new model: leave the gallery untouched
+                    raise _no_images(model, failed)
+                cal = g.calibration
+            res = r if res is None else type(r)(model, res.added + r.added, res.duplicates + r.duplicates, r.total)
+            pending.clear()
+
+        with progress(transient=True, disable=json_out) as prog:
+            task = prog.add_task(f"enrolling {model}", total=len(files))
+            for r in iter_embeddings(ex, files, windows=windows, batch_size=batch_size,
+                                     on_done=lambda _p: prog.advance(task)):
+                if isinstance(r, EmbedFailure):
+                    failed.append(r)
+                    continue
+                ok.append(r)
+                pending.append(r)
+                if len(pending) >= ENROLL_CHUNK:
+                    commit()
+        _report_failures(failed)
+        if pending or res is None:
+            commit()
         low = sum(r.low_confidence for r in ok)
         skipped_dupes = n_input - len(files) + res.duplicates
         if json_out:
@@ -414,7 +440,7 @@ def register(app: typer.Typer) -> None:
     # ------------------------------------------------------------ verify
     @app.command("verify")
     def verify_cmd(
-        a: list[Path] = typer.Argument(..., help="Side A: an image or folder (N_S images are averaged)."),
+        a: Path = typer.Argument(..., help="Side A: an image or folder (N_S images are averaged)."),
         b: Path = typer.Argument(..., help="Side B: an image or folder."),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated "
                                                   "on the gallery's images for this N_S)."),
@@ -430,14 +456,12 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from fpt.attribution import verify_embeddings, verify_threshold
-        from fpt.errors import ConfigError, EmptyInputError
+        from fpt.errors import EmptyInputError
         from fpt.gallery import load_gallery
         from fpt.images import find_images
         from fpt.report import console, print_json
 
-        if len(a) != 1:
-            raise ConfigError("verify takes exactly two arguments: A and B (each an image or a folder)")
-        fa, fb = find_images(a[0]), find_images(b)
+        fa, fb = find_images(a), find_images(b)
         ex = load_extractor(extractor, device)
         oka, faila = _embed_paths(ex, fa, windows=windows, batch_size=batch_size, quiet=json_out, description="side A")
         okb, failb = _embed_paths(ex, fb, windows=windows, batch_size=batch_size, quiet=json_out, description="side B")
