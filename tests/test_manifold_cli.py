@@ -97,7 +97,8 @@ def test_analyse_folder_with_artifacts_and_factors(data, capsys):
     assert sep["fdr"] > 2 and sep["nmi_kmeans"] == pytest.approx(1.0) and sep["silhouette"] > 0
     assert {f["factor"] for f in res["factor_nmi"]} == {"upsampling", "family"}
     # the saved embeddings analyse the same from the .npz
-    assert main(["analyse", str(emb), "--json"]) == 0
+    assert main(["analyse", str(emb), "--json", "--figure", str(tmp / "pca.png")]) == 0
+    assert (tmp / "pca.png").stat().st_size > 5_000
     again = json.loads(capsys.readouterr().out)
     assert again["separability"]["fdr"] == pytest.approx(sep["fdr"])
     # raw-space representation, human output

@@ -192,6 +192,7 @@ def analyse_cmd(
     crop: int = typer.Option(64, "--crop", help="Pools: side of the real crops fed to the models (px)."),
     save: Path = typer.Option(None, "--save", help="Also write the embeddings to this .npz."),
     standardize: bool = typer.Option(False, "--standardize", help="z-score feature columns before clustering."),
+    figure: Path = typer.Option(None, "--figure", help="Write a PCA scatter of the fingerprints by model (PNG)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
     json_out: bool = typer.Option(False, "--json"),
@@ -256,6 +257,8 @@ def analyse_cmd(
         raise InputError("not a folder, an .npz file or a pool (.h5)", path=source)
 
     sep = an.separability(x, labels, seed=seed, standardize=standardize)
+    if figure is not None:
+        an.plot_embedding(x, labels, figure, f"{rep_name}: {len(sep.models)} models")
     fac = None
     if factors:
         table = an.synth_factor_table(sorted(set(labels))) if factors == "synth" else an.read_factor_csv(factors)

@@ -321,3 +321,30 @@ def embed_pool(
             if on_progress:
                 on_progress(i + 1, len(ids))
     return np.concatenate(rows), labels
+
+
+def plot_embedding(features: np.ndarray, labels: Sequence[str], path: str | Path, title: str) -> Path:
+    """2-D PCA scatter of fingerprints coloured by model (cf. paper 002 Fig. 1), as PNG."""
+    from fpt.report import pyplot, save_figure
+
+    x = np.asarray(features, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    # PCA through the small Gram matrix: n x n, whatever the feature width.
+    gram = x @ x.T
+    vals, vecs = np.linalg.eigh(gram)
+    order = np.argsort(vals)[::-1][:2]
+    coords = vecs[:, order] * np.sqrt(np.maximum(vals[order], 0.0))
+    share = vals[order] / max(float(vals.sum()), 1e-300)
+    labels = np.asarray([str(v) for v in labels])
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 6), layout="constrained")
+    cmap = plt.get_cmap("tab20")
+    for i, m in enumerate(sorted(set(labels))):
+        sel = labels == m
+        ax.scatter(coords[sel, 0], coords[sel, 1], s=10, alpha=0.75, color=cmap(i % 20), label=m)
+    ax.set_xlabel(f"PC1 ({100 * share[0]:.1f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * share[1]:.1f}%)" if share.size > 1 else "PC2")
+    ax.set_title(title)
+    if len(set(labels)) <= 24:
+        ax.legend(fontsize=7, markerscale=1.5, loc="best")
+    return save_figure(fig, path)

@@ -181,7 +181,7 @@ def save_projection_figure(proj: Projection, space: ManifoldSpace, path: Path, t
     ref = space.pixels(proj.nearest_index)
     freq = proj.space == "freq"
     feat = proj.space == "feat"
-    ncols = 6 if freq else 3
+    ncols = 6 if freq else (3 if feat else 4)
     fig, axes = plt.subplots(1, ncols, figsize=(3.0 * ncols, 3.4), layout="constrained")
     axes[0].imshow(_display(proj.view))
     axes[0].set_title("x (query view)")
@@ -224,7 +224,11 @@ def save_projection_figure(proj: Projection, space: ManifoldSpace, path: Path, t
         im = axes[2].imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
         axes[2].set_title("a = x - x* (channel mean)")
         fig.colorbar(im, ax=axes[2], fraction=0.046)
-    for ax in axes[: (2 if feat else (5 if freq else 3))]:
+        # The artifact's own spectrum: periodic generator traces (grid peaks) show up here.
+        spec = np.fft.fftshift(log_magnitude(torch.from_numpy(proj.artifact)[None], 1e-6)[0].mean(0).numpy())
+        axes[3].imshow(spec, cmap="viridis")
+        axes[3].set_title("log|F(a)| (centred)")
+    for ax in axes[: (2 if feat else (5 if freq else 4))]:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{title}   |a| = {proj.distance:.4g}" + (f" ({proj.percentile:.0f}th pct of real)" if proj.percentile is not None else ""))
