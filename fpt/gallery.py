@@ -152,6 +152,9 @@ def _s(v) -> str:
 def load_gallery(path: str | Path) -> Gallery:
     """Read a gallery file (StoreError for missing, non-HDF5, non-gallery or wrong-schema files)."""
     path = Path(path)
+    if not path.exists():
+        raise StoreError("no such gallery file", path=path,
+                         hint="enroll a model first (fpt enroll MODEL IMAGES...), or pass --gallery FILE / set FPT_GALLERY")
     with open_store(path, KIND, SCHEMA, "r") as f:
         try:
             g = Gallery(path=path,
