@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extractor", type=Path, default=None, help="extractor checkpoint (default: shipped)")
     ap.add_argument("--steps", type=int, default=600, help="max training steps per synthetic model")
     ap.add_argument("--keep-images", type=Path, default=None, help="also keep every generated image here")
+    ap.add_argument("--reuse-images", type=Path, default=None,
+                    help="skip training: re-embed images kept earlier with --keep-images (e.g. after new weights)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -120,20 +122,25 @@ def main(argv: list[str] | None = None) -> int:
     from fpt.gallery import Gallery, add_embeddings, calibrate, file_sha256, save_gallery
     from fpt.synth.nets import fingerprint
 
-    print("content: 5 public-domain / CC0 photos from scikit-image")
-    crops = photo_crops()
-    n = crops.shape[0]
-    print(f"training {len(MODELS)} synthetic models on {n} crops")
-    models = train_models(crops, args.steps)
-
     work = Path(tempfile.mkdtemp(prefix="fpt-demo-"))
     try:
         files: dict[str, list[Path]] = {}
-        for name, model in models.items():
-            arch = MODELS[name][0]
-            out = fingerprint(model, "fd", crops)
-            files[name] = [save_png(img, work / name / f"{i:02d}.png") for i, img in enumerate(out)]
-            _ = arch
+        if args.reuse_images:
+            for name in MODELS:
+                files[name] = sorted((args.reuse_images / name).glob("*.png"))
+                if not files[name]:
+                    sys.exit(f"no images for {name} in {args.reuse_images}")
+            n = len(files[ENROLLED[0]])
+            print(f"re-using {n} images per model from {args.reuse_images}")
+        else:
+            print("content: 5 public-domain / CC0 photos from scikit-image")
+            crops = photo_crops()
+            n = crops.shape[0]
+            print(f"training {len(MODELS)} synthetic models on {n} crops")
+            models = train_models(crops, args.steps)
+            for name, model in models.items():
+                out = fingerprint(model, "fd", crops)
+                files[name] = [save_png(img, work / name / f"{i:02d}.png") for i, img in enumerate(out)]
         ex = load_extractor(args.extractor, device="cpu")
         gal_path = args.out / "gallery.h5"
         g = Gallery(path=gal_path)
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(files[name][probe_idx], probes.mkdir(parents=True, exist_ok=True) or probes / f"{name}.png")
         shutil.copyfile(files["demo-deconv"][probe_idx], args.out / "probe.png")
         print(f"probes: {args.out / 'probe.png'} and {probes}/")
-        if args.keep_images:
+        if args.keep_images and not args.reuse_images:
             shutil.copytree(work, args.keep_images, dirs_exist_ok=True)
             print(f"all generated images kept in {args.keep_images}")
     finally:

@@ -60,6 +60,10 @@ def _report_failures(failed, quiet: bool = False) -> None:
         warn(f"skipped {f.reason}" if str(f.path) in f.reason else f"skipped {f.path}: {f.reason}")
 
 
+def _short_date(iso: str) -> str:
+    return iso[:16].replace("T", " ") if iso else ""
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
 
@@ -202,6 +206,8 @@ def register(app: typer.Typer) -> None:
         g = load_gallery(_gallery_path(gallery))
         rows = [[n, m.count, int(m.low_confidence.sum()), m.created, m.updated,
                  ", ".join(f"{k}={v}" for k, v in sorted(m.meta.items()))] for n, m in sorted(g.models.items())]
+        if not json_out:  # minutes are enough on screen; --json keeps full ISO-8601 times
+            rows = [r[:3] + [_short_date(r[3]), _short_date(r[4])] + r[5:] for r in rows]
         if json_out:
             print_json({"gallery": str(g.path), "extractor_sha256": g.extractor_sha256, "calibration": g.calibration,
                         "models": [dict(zip(["name", "images", "low_confidence", "created", "updated", "meta"], r))
@@ -243,7 +249,7 @@ def register(app: typer.Typer) -> None:
             console.print("meta: " + ", ".join(f"{k}={v}" for k, v in sorted(m.meta.items())))
         console.print(f"consistency (|mean of unit embeddings|, 1 = identical): {info['fingerprint_norm_of_mean']:.3f}")
         print_table(None, ["path", "sha256", "enrolled", "low-conf", "cos to fingerprint"],
-                    [[p, h[:12], d, bool(lc), float(s)] for p, h, d, lc, s in
+                    [[p, h[:12], _short_date(d), bool(lc), float(s)] for p, h, d, lc, s in
                      zip(m.paths, m.hashes, m.dates, m.low_confidence, self_sim)])
 
     @gal.command("remove")
