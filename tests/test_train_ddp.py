@@ -23,15 +23,15 @@ def test_torchrun_two_process_cpu_smoke(tmp_path):
     out = tmp_path / "ddp.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1", FPT_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           "train", "--pool", "toy:6", "--images", str(photos), "--out", str(out), "--steps", "6", "--P", "3",
+           "train", "--pool", "toy:6", "--images", str(photos), "--out", str(out), "--steps", "4", "--P", "3",
            "--K", "2", "--backbone", "resnet10", "--width", "0.125", "--crop-size", "32", "--embedding-dim", "16",
-           "--holdout-frac", "0.34", "--val-every", "3", "--ckpt-every", "3", "--crops-per-image", "2",
+           "--holdout-frac", "0.34", "--val-every", "2", "--ckpt-every", "2", "--crops-per-image", "2",
            "--warmup", "1", "--device", "cpu", "--json"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from fpt.extractor.checkpoint import load_extractor
 
     ex = load_extractor(out, "cpu")
-    assert ex.config["world_size"] == 2 and ex.config["steps"] == 6
+    assert ex.config["world_size"] == 2 and ex.config["steps"] == 4
     emb = ex.embed_crops(torch.rand(2, 3, 32, 32))
     assert emb.shape == (2, 16) and torch.isfinite(emb).all()

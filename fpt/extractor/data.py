@@ -57,7 +57,7 @@ class PoolSource:
     that did not reach their training target (their "fingerprint" would be an untrained net's).
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", only_reached: bool = True) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", only_reached: bool = False) -> None:
         from fpt.synth.pool import Pool
 
         self.path = Path(path)
@@ -70,7 +70,10 @@ class PoolSource:
                 reached = getattr(self.pool.record(mid), "reached_target", None)
                 if reached is None or bool(reached):
                     kept.append(mid)
-            ids = kept or ids
+            if len(kept) < 2:
+                raise ConfigError(f"only {len(kept)} of {len(ids)} pool models reached their training target",
+                                  path=self.path, hint="train the pool longer (--max-steps) or drop --only-reached")
+            ids = kept
         self.model_ids = ids
         self._models: dict[str, nn.Module] = {}
 

@@ -33,6 +33,7 @@ class TrainConfig:
     """Every knob of a training run; stored (JSON) in the checkpoint it produces."""
 
     pool: str | None = None              # pool.h5, or "toy:N" / "toy:N:S" for toy models
+    only_reached: bool = False           # train only on pool models that reached their target
     images: list[str] = field(default_factory=list)
     out: str = "extractor.pt"
     steps: int = 2000
@@ -205,7 +206,7 @@ def build_source(cfg: TrainConfig, device: torch.device) -> ModelSource:
         parts = cfg.pool.split(":")
         return ToySource(int(parts[1]), int(parts[2]) if len(parts) > 2 else 1)
     # Synthetic models are tiny: run them on the CPU unless training on CUDA.
-    return PoolSource(cfg.pool, device=device if device.type == "cuda" else "cpu")
+    return PoolSource(cfg.pool, device=device if device.type == "cuda" else "cpu", only_reached=cfg.only_reached)
 
 
 def state_path_for(out: str | Path) -> Path:
