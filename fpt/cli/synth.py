@@ -40,12 +40,13 @@ def _seeds(n: int, start: int) -> list[int]:
 def _render_summary(rows: list[dict], title: str) -> None:
     from fpt.report import print_table
 
-    cols = ["group", "models", "archs", "reached target", "loss p10", "loss p50", "loss p90",
-            "steps p50", "s/model p50", "CPU-s total"]
+    cols = ["group", "models", "archs", "reached", "loss p10", "loss p50", "loss p90",
+            "steps", "s/model", "CPU-s"]
     print_table(title, cols, [[r["group"], r["models"], r["archs"], f"{100 * r['reached']:.1f}%",
                                r["loss_p10"], r["loss_p50"], r["loss_p90"], r["steps_p50"],
                                r["wall_s_p50"], r["wall_s_total"]] for r in rows],
-                caption="loss: FD = reconstruction MSE (target 0.005); grid = mean |noise| (target 0.005)")
+                caption="reached: share at target; loss: FD = reconstruction MSE (target 0.005), "
+                        "grid = mean |noise| (target 0.005); steps, s/model: medians; CPU-s: total")
 
 
 def register(app: typer.Typer) -> None:

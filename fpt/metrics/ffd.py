@@ -36,7 +36,7 @@ DEFAULT_SIZE = 64
 def reduced_spectra(images: torch.Tensor, residual: nn.Module, eps: float = 1e-12) -> torch.Tensor:
     """(N, 3, S, S) images -> (N, S/2) log azimuthal integral of the residual, min-max to [0, 1]."""
     with torch.no_grad():
-        r = to_grey(residual(images.float()))
+        r = to_grey(residual(images.float()))[:, 0]
         ai = azimuthal_integral(power_spectrum(r)).double()
     log_ai = torch.log(ai + eps)
     lo = log_ai.amin(dim=-1, keepdim=True)
