@@ -195,3 +195,15 @@ def test_separated_blobs_score_better_than_overlapping(rng):
     x_near, _ = _blobs(rng, [np.zeros(2), np.full(2, 0.5)], 40, 1.0, 2)
     assert silhouette(x_far, y) > 0.7 > silhouette(x_near, y)
     assert davies_bouldin(x_far, y) < 0.5 < davies_bouldin(x_near, y)
+
+
+def test_fdr_gram_path_equals_pairwise(rng, monkeypatch):
+    import fpt.metrics.clustering as cl
+
+    x, y = _blobs(rng, [np.zeros(40), np.full(40, 0.5), np.full(40, -0.5), np.ones(40)], 9, 1.0, 40)  # n < d
+    fast = fd_ratio_details(x, y, seed=2)
+    monkeypatch.setattr(cl, "_GRAM_MAX_ROWS", 0)  # force the pair-by-pair path
+    slow = fd_ratio_details(x, y, seed=2)
+    for key, v in slow.inter_per_pair.items():
+        assert fast.inter_per_pair[key] == pytest.approx(v, rel=1e-9)
+    assert fast.ratio == pytest.approx(slow.ratio, rel=1e-9)
