@@ -63,17 +63,27 @@ def _make_inputs(work: Path, n_images: int, n_models: int) -> tuple[Path, Path]:
     return probes, g.path
 
 
-def _child(cmd: list[str], env: dict) -> tuple[float, float, str]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+#: runs the fpt CLI in a child and reports the child's own peak RSS (kB) as the last stderr line
+_LAUNCH = ("import resource, sys\n"
+           "from fpt.cli import main\n"
+           "rc = main(sys.argv[1:])\n"
+           "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+           "sys.exit(rc)\n")
+_FLOOR = ("import resource, sys\n"
+          "import fpt.cli\n"
+          "from fpt.extractor.checkpoint import load_extractor\n"
+          "load_extractor(None, 'cpu')\n"
+          "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+
+
+def _child(args: list[str], env: dict, code: str = _LAUNCH) -> tuple[float, float, str]:
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if p.returncode not in (0, 10):
         sys.exit(f"child failed ({p.returncode}): {p.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the max over all children so far; run the heavier one last or
-    # read the child's own report (the baseline child prints its own)
-    return wall, max(peak, before) / 1024.0, p.stdout
+    peak_mb = int(p.stderr.strip().splitlines()[-1]) / 1024.0
+    return wall, peak_mb, p.stdout
 
 
 # ---------------------------------------------------------------- the authors' graph
@@ -188,15 +198,16 @@ def main() -> int:
         work = Path(d)
         print(f"preparing {args.images} probes (512 x 512) and a {args.models}-model gallery ...", flush=True)
         probes, gallery = _make_inputs(work, args.images, args.models)
-        cmd = [sys.executable, "-c", "import sys; from fpt.cli import main; sys.exit(main(sys.argv[1:]))",
-               "--threads", str(args.threads), "identify", str(probes), "--gallery", str(gallery), "--json",
+        cmd = ["--threads", str(args.threads), "identify", str(probes), "--gallery", str(gallery), "--json",
                "--device", "cpu"]
         wall, peak_ours, out = _child(cmd, env)
         n = json.loads(out)["summary"]["images"]
         assert n == args.images, n
+        _, floor, _ = _child([], env, _FLOOR)
         ours_rate = n / wall
         print(f"ours     : {n} probes in {wall:.1f} s (process start, model load and decode included) "
-              f"= {ours_rate:.2f} probes/s, peak RSS {peak_ours:.0f} MB", flush=True)
+              f"= {ours_rate:.2f} probes/s, peak RSS {peak_ours:.0f} MB "
+              f"(of which {floor:.0f} MB is Python + torch + the loaded extractor before any image)", flush=True)
         p = subprocess.run([sys.executable, __file__, "--_baseline", str(args.baseline_probes), "--threads",
                             str(args.threads)], env=env, capture_output=True, text=True, check=True)
         b = json.loads(p.stdout.strip().splitlines()[-1])
