@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train")
     def train_cmd(
-        pool: Optional[str] = typer.Option(None, "--pool", help="Synthetic-model pool (fpt synth output), or toy:N for a smoke test."),
+        pool: Optional[List[str]] = typer.Option(None, "--pool", help="Synthetic-model pool (fpt synth output; repeatable), or toy:N for a smoke test."),
         only_reached: Optional[bool] = typer.Option(None, "--only-reached/--all-models", help="Use only pool models that reached their training target (default: all)."),
         images: Optional[List[Path]] = typer.Option(None, "--images", help="Folder(s) of real photos to fingerprint (repeatable)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Extractor checkpoint to write (resume state goes beside it as NAME.state.pt)."),
@@ -69,6 +69,7 @@ def register(app: typer.Typer) -> None:
         aug_rrc: Optional[float] = typer.Option(None, "--aug-rrc", help="Probability of random resized crop."),
         aug_blur: Optional[float] = typer.Option(None, "--aug-blur", help="Probability of mild Gaussian blur."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:n]."),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget: stop (annealed, validated, saved) when it runs out."),
         amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA."),
         half: Optional[bool] = typer.Option(None, "--fp16/--fp32", help="Store the final extractor's weights in fp16."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT's .state.pt."),
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"unknown preset '{preset}'", hint=f"choose one of {sorted(PRESETS)}")
             values.update(PRESETS[preset])
             values["preset"] = preset
-        given = dict(pool=pool, only_reached=only_reached, images=[str(i) for i in images] if images else None, out=str(out) if out else None,
+        given = dict(pool=",".join(pool) if pool else None, only_reached=only_reached, images=[str(i) for i in images] if images else None, out=str(out) if out else None,
                      steps=steps, P=p, K=k, lr=lr, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
                      ce_weight=ce_weight, triplet_weight=triplet_weight, margin=margin, backbone=backbone,
                      width=width, stem=stem, embedding_dim=embedding_dim, embed_from=embed_from, crop_size=crop_size, residual=residual,
@@ -92,7 +93,7 @@ def register(app: typer.Typer) -> None:
                      holdout_frac=holdout_frac, holdout_pattern=holdout_archs, val_every=val_every,
                      ckpt_every=ckpt_every, crops_per_image=crops_per_image, max_images=max_images,
                      aug_jpeg_p=aug_jpeg, jpeg_quality=_range(jpeg_quality, int, "--jpeg-quality"),
-                     aug_rrc_p=aug_rrc, aug_blur_p=aug_blur, device=device, amp=amp, half=half)
+                     aug_rrc_p=aug_rrc, aug_blur_p=aug_blur, device=device, max_minutes=max_minutes, amp=amp, half=half)
         values.update({kk: v for kk, v in given.items() if v is not None})
         if "pool" not in values:
             raise ConfigError("no synthetic-model pool given", hint="pass --pool POOL.h5 (build one with `fpt synth`) or --preset default")
@@ -100,11 +101,13 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("no real images given", hint="pass --images DIR")
         if str(values.get("pool", "")).startswith("toy:") and "images" not in values:
             raise ConfigError("toy pools still need real photos", hint="pass --images DIR")
-        if values.get("pool") and not values["pool"].startswith("toy:") and not Path(values["pool"]).exists():
-            from fpt.errors import InputError
+        if values.get("pool") and not values["pool"].startswith("toy:"):
+            for pth in values["pool"].split(","):
+                if not Path(pth).exists():
+                    from fpt.errors import InputError
 
-            raise InputError("synthetic-model pool not found", path=values["pool"],
-                             hint="build it with `fpt synth --images DIR --out POOL.h5` (see README, 'Training the extractor')")
+                    raise InputError("synthetic-model pool not found", path=pth,
+                                     hint="build it with `fpt synth --images DIR --out POOL.h5` (see README, 'Training the extractor')")
         cfg = TrainConfig(**values)
         result = train(cfg, resume=resume, show_progress=not (quiet or json_out),
                        log=(lambda *_: None) if json_out else (lambda m: typer.echo(m, err=True)))

@@ -95,6 +95,30 @@ class PoolSource:
         return {"pool": str(self.path), "models": len(self.model_ids)}
 
 
+class MultiSource:
+    """Several model sources (e.g. pool shards built separately) as one; ids stay unique."""
+
+    def __init__(self, sources: Sequence[ModelSource]) -> None:
+        self.sources = list(sources)
+        self.model_ids: list[str] = []
+        self._route: dict[str, tuple[ModelSource, str]] = {}
+        for src in self.sources:
+            for mid in src.model_ids:
+                uid, k = mid, 1
+                while uid in self._route:  # same id in two pools: different models, keep both
+                    k += 1
+                    uid = f"{mid}#{k}"
+                self._route[uid] = (src, mid)
+                self.model_ids.append(uid)
+
+    def apply(self, model_id: str, crops: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        src, mid = self._route[model_id]
+        return src.apply(mid, crops, generator)
+
+    def describe(self) -> dict:
+        return {"sources": [getattr(s, "describe", lambda: {})() for s in self.sources], "models": len(self.model_ids)}
+
+
 class _ToyModel(nn.Module):
     """A fixed random "generator": crops + a small spectrally-coloured artifact.
 

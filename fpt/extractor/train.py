@@ -22,7 +22,7 @@ from fpt.devices import autocast_context, select_device
 from fpt.errors import CheckpointError, ConfigError
 from fpt.extractor.checkpoint import (load_train_state, preprocessing_for, save_extractor,
                                       save_train_state)
-from fpt.extractor.data import (Augment, CropBank, FingerprintStream, ModelSource, PoolSource, ToySource,
+from fpt.extractor.data import (Augment, CropBank, FingerprintStream, ModelSource, MultiSource, PoolSource, ToySource,
                                 fingerprinted_set, split_models, stable_seed)
 from fpt.extractor.losses import combined_loss
 from fpt.extractor.net import FingerprintNet, build_net, count_parameters
@@ -32,7 +32,7 @@ from fpt.extractor.net import FingerprintNet, build_net, count_parameters
 class TrainConfig:
     """Every knob of a training run; stored (JSON) in the checkpoint it produces."""
 
-    pool: str | None = None              # pool.h5, or "toy:N" / "toy:N:S" for toy models
+    pool: str | None = None              # pool.h5 (comma-separated for several), or "toy:N[:S]"
     only_reached: bool = False           # train only on pool models that reached their target
     images: list[str] = field(default_factory=list)
     out: str = "extractor.pt"
@@ -75,6 +75,7 @@ class TrainConfig:
     aug_blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 1.0)
     device: str = "auto"
+    max_minutes: float | None = None     # wall-clock budget; the schedule anneals by time too
     amp: bool = True
     half: bool = True                    # store the final extractor in fp16
     preset: str | None = None
@@ -186,17 +187,21 @@ def _dist_info() -> tuple[int, int, int]:
     return world, rank, local
 
 
-def _lr_lambda(cfg: TrainConfig):
-    def f(step: int) -> float:
-        if step < cfg.warmup:
-            return (step + 1) / max(1, cfg.warmup)
-        if cfg.schedule == "cosine":
-            t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-        if cfg.schedule == "step":
-            return cfg.step_gamma ** ((step - cfg.warmup) // cfg.step_size)
-        return 1.0
-    return f
+def lr_factor(cfg: TrainConfig, step: int, time_frac: float = 0.0) -> float:
+    """Learning-rate multiplier: linear warm-up, then cosine / step / constant.
+
+    With a time budget, the schedule's progress is the larger of the step fraction and the
+    elapsed-time fraction, so a run cut short by ``--max-minutes`` still ends annealed.
+    """
+    if step < cfg.warmup:
+        return (step + 1) / max(1, cfg.warmup)
+    t = max((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), time_frac)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    if cfg.schedule == "step":
+        eff = step - cfg.warmup if time_frac <= 0 else t * (cfg.steps - cfg.warmup)
+        return cfg.step_gamma ** (int(eff) // cfg.step_size)
+    return 1.0
 
 
 def build_source(cfg: TrainConfig, device: torch.device) -> ModelSource:
@@ -206,7 +211,11 @@ def build_source(cfg: TrainConfig, device: torch.device) -> ModelSource:
         parts = cfg.pool.split(":")
         return ToySource(int(parts[1]), int(parts[2]) if len(parts) > 2 else 1)
     # Synthetic models are tiny: run them on the CPU unless training on CUDA.
-    return PoolSource(cfg.pool, device=device if device.type == "cuda" else "cpu", only_reached=cfg.only_reached)
+    dev = device if device.type == "cuda" else "cpu"
+    paths = [p for p in cfg.pool.split(",") if p]
+    if len(paths) == 1:
+        return PoolSource(paths[0], device=dev, only_reached=cfg.only_reached)
+    return MultiSource([PoolSource(p, device=dev, only_reached=cfg.only_reached) for p in paths])
 
 
 def state_path_for(out: str | Path) -> Path:
@@ -270,7 +279,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     amp_dtype = None
     if device.type == "cuda" and cfg.amp:
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -288,7 +296,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         net.set_normalisation(st["spec_mean"], st["spec_std"])
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
         start, history, wall_before = int(st["step"]), list(st["history"]), float(st["wall_s"])
         if is_main:
             log(f"resuming from step {start} ({spath})")
@@ -324,7 +331,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
 
     def save_state(step: int, wall: float) -> None:
         save_train_state(spath, {"step": step, "net": net.state_dict(), "optimizer": opt.state_dict(),
-                                 "scheduler": sched.state_dict(), "history": history, "wall_s": wall,
+                                 "history": history, "wall_s": wall,
                                  "train_ids": train_ids, "spec_mean": net.transform.mean,
                                  "spec_std": net.transform.std, "config": _cfg_json(cfg)})
 
@@ -342,8 +349,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
     t0 = time.perf_counter()
     seen = 0
     ema = None
+    done = start
     try:
         for step in range(start, cfg.steps):
+            time_frac = 0.0
+            if cfg.max_minutes:
+                tf = torch.tensor([(wall_before + time.perf_counter() - t0) / (60.0 * cfg.max_minutes)])
+                if ddp:  # every rank must take the same decision
+                    dist.all_reduce(tf, op=dist.ReduceOp.MAX)
+                time_frac = float(tf)
+                if time_frac >= 1.0:
+                    if is_main:
+                        log(f"time budget of {cfg.max_minutes} min reached at step {step}: finishing")
+                    break
+            lr_now = cfg.lr * lr_factor(cfg, step, time_frac)
+            for group in opt.param_groups:
+                group["lr"] = lr_now
             b = stream.batch(step)
             x, y = b.images.to(device, non_blocking=True), b.labels.to(device)
             opt.zero_grad(set_to_none=True)
@@ -357,7 +378,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
             torch.nn.utils.clip_grad_norm_(params, cfg.clip)
             scaler.step(opt)
             scaler.update()
-            sched.step()
             seen += x.shape[0] * world
             loss = float(parts.total.detach())
             ema = loss if ema is None else 0.95 * ema + 0.05 * loss
@@ -368,7 +388,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
                                 info=f"loss {ema:.3f} (ce {parts.ce:.2f} tri {parts.triplet:.3f}) {rate:.0f} img/s")
             if is_main and (done % cfg.val_every == 0 or done == cfg.steps):
                 m = run_validation(done)
-                m.update(loss=round(ema, 4), lr=sched.get_last_lr()[0])
+                m.update(loss=round(ema, 4), lr=lr_now)
                 history.append(m)
                 msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
                 (progress.console.print if progress is not None else log)(f"val {msg}")
@@ -385,7 +405,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
 
     result = None
     if is_main:
-        save_state(cfg.steps, wall)
+        if done > start and (not history or history[-1].get("step") != done):
+            m = run_validation(done)  # stopped early by the time budget: validate what we ship
+            m.update(loss=round(ema or 0.0, 4))
+            history.append(m)
+        save_state(done, wall)
         final = history[-1] if history else {}
         net.eval()
         embed_from = cfg.embed_from
@@ -395,12 +419,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         sd = {k: v for k, v in net.state_dict().items() if not k.startswith("classifier.")}
         shipped.load_state_dict(sd)
         meta = _cfg_json(cfg)
-        meta.update(train_models=len(train_ids), heldout_archs=sorted({i.split("/")[0] for i in val_ids}),
+        meta.update(steps_done=done, train_models=len(train_ids), heldout_archs=sorted({i.split("/")[0] for i in val_ids}),
                     real_images=len(bank.sources), wall_s=round(wall, 1), images_per_s=round(rate, 1),
                     world_size=world, validation=final, baseline=baseline, torch=str(torch.__version__),
                     source=getattr(source, "describe", lambda: {})())
         sha = save_extractor(cfg.out, shipped, preprocessing_for(shipped, cfg.windows), meta, half=cfg.half)
-        result = TrainResult(Path(cfg.out), sha, cfg.steps, wall, rate, history, final, baseline,
+        result = TrainResult(Path(cfg.out), sha, done, wall, rate, history, final, baseline,
                              len(train_ids), len(val_ids), net if return_net else None)
     if ddp:
         dist.barrier()
