@@ -477,7 +477,9 @@ def plot_group(g: GroupResult, out_dir: str | Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(ms), figsize=(4.2 * len(ms), 3.4), squeeze=False)
         for ax, m in zip(axes[0], ms):
             v = g.methods[m].verification[1]
-            bins = np.linspace(min(v.test_scores.min(), -0.05), max(v.test_scores.max(), 0.05), 50)
+            lo, hi = float(v.test_scores.min()), float(v.test_scores.max())
+            pad = max(1e-6, 0.02 * (hi - lo))
+            bins = np.linspace(lo - pad, hi + pad, 50)  # the data's own range: scores may crowd near 1
             ax.hist(v.test_scores[v.test_same], bins=bins, alpha=0.6, label="same model", density=True)
             ax.hist(v.test_scores[~v.test_same], bins=bins, alpha=0.6, label="different models", density=True)
             ax.axvline(v.cal_threshold, color="k", ls="--", lw=1, label="calibrated threshold")
