@@ -363,7 +363,7 @@ def register(app: typer.Typer) -> None:
         from fpt.attribution import identify_embeddings
         from fpt.gallery import load_gallery
         from fpt.images import find_images
-        from fpt.report import console, print_json, print_table, warn
+        from fpt.report import console, print_json, warn
 
         if json_out and csv_out:
             from fpt.errors import ConfigError
@@ -415,7 +415,7 @@ def register(app: typer.Typer) -> None:
             rows = []
             for r in results:
                 tops = "\n".join(f"{m} {s:.4f}" for m, s in r.top)
-                decided = r.model if r.identified else f"[red]unknown[/red]"
+                decided = r.model if r.identified else "[red]unknown[/red]"
                 rows.append([r.path, decided, r.score, tops, "yes" if r.low_confidence else ""])
             from rich.table import Table
 
