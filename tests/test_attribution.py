@@ -263,3 +263,11 @@ def test_interrupted_enroll_keeps_committed_chunks_and_resumes(data, tmp_path, m
     monkeypatch.setattr(cli_attr, "load_extractor", lambda path, device: FakeExtractor())
     assert main(["enroll", "m0", str(enroll[0]), "--gallery", str(g), "--batch-size", "9"]) == 0
     assert load_gallery(g).get("m0").count == 12
+
+
+def test_small_image_flagged_low_confidence(gallery, tmp_path, capsys):
+    from test_embed import model_images
+
+    p = save_png(model_images(1, 1, 64, seed=5)[0][:, :20, :24], tmp_path / "small.png")  # < 32 px window
+    code, res = _run_json(capsys, ["identify", str(p), "--gallery", str(gallery), "--threshold", "-1"])
+    assert code == 0 and res["results"][0]["low_confidence"] is True
