@@ -283,3 +283,41 @@ def test_cli_train_bad_inputs(tmp_path, photo_dir, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["train", "--pool", "toy:4", "--images", str(empty), "--out", str(tmp_path / "z.pt")]) == 2
+
+
+def test_multi_source_keeps_ids_unique_and_routes():
+    from fpt.extractor.data import MultiSource
+
+    a, b = ToySource(n_archs=2), ToySource(n_archs=3)
+    m = MultiSource([a, b])
+    assert len(m.model_ids) == 5 and len(set(m.model_ids)) == 5
+    assert "toy-a0/s000#2" in m.model_ids
+    x = _natural_like(2, 32, 1)
+    g = torch.Generator()
+    torch.testing.assert_close(m.apply("toy-a2/s000", x, g), b.apply("toy-a2/s000", x, g))
+
+
+def test_lr_schedule_warmup_cosine_and_time_budget():
+    from fpt.extractor.train import lr_factor
+
+    cfg = TrainConfig(steps=110, warmup=10, schedule="cosine")
+    assert lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 60) == pytest.approx(0.5)
+    assert lr_factor(cfg, 109) < 0.01
+    # Half the time budget gone at step 20: the schedule follows time, not steps.
+    assert lr_factor(cfg, 20, time_frac=0.5) == pytest.approx(0.5)
+    assert lr_factor(TrainConfig(steps=10, warmup=0, schedule="constant"), 5) == 1.0
+
+
+def test_time_budget_stops_early_and_still_saves(tmp_path):
+    bank = _bank(n_images=16, per=2)
+    cfg = TrainConfig(pool="toy:6", out=str(tmp_path / "t.pt"), steps=10**6, P=3, K=2, backbone="resnet10",
+                      width=0.125, crop_size=32, embedding_dim=16, holdout_frac=0.34, val_every=10**6,
+                      ckpt_every=10**6, warmup=1, device="cpu", max_minutes=0.02, val_images_per_model=2)
+    res = train(cfg, bank=bank, source=ToySource(6), show_progress=False, log=lambda *_: None)
+    assert 0 < res.steps < 10**6
+    assert res.final.get("step") == res.steps and "auc" in res.final
+    from fpt.extractor.checkpoint import load_extractor
+
+    assert load_extractor(tmp_path / "t.pt", "cpu").config["steps_done"] == res.steps
