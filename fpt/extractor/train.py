@@ -104,10 +104,14 @@ class TrainConfig:
 
 #: ``fpt train --preset default`` — the recipe of the shipped extractor (see README).
 PRESETS: dict[str, dict] = {
-    "default": dict(pool="runs/pool-default.h5", images=["../shared/data/real"], out="fpt/weights/extractor.pt",
-                    steps=2400, P=16, K=4, lr=2e-3, warmup=100, schedule="cosine", backbone="resnet18", width=0.25,
-                    crop_size=64, residual="highpass", seed=0, holdout_frac=0.15, val_every=400, ckpt_every=200,
-                    crops_per_image=6, aug_jpeg_p=0.2, jpeg_quality=(75, 100), aug_rrc_p=0.1, aug_blur_p=0.1),
+    # Run as: torchrun --standalone --nproc_per_node=2 $(which fpt) --threads 1 train --preset default
+    # (2 CPU processes x 1 thread; P x K = 16 x 4 per process). The real pool is photos only:
+    # MNIST (28 px) is skipped automatically as smaller than the crop.
+    "default": dict(pool="runs/pool-default.h5", images=["../shared/data/real/imagenet-sample", "../shared/data/real/cbsd68"],
+                    out="fpt/weights/extractor.pt", steps=700, P=16, K=4, lr=2e-3, warmup=50, schedule="cosine",
+                    backbone="resnet18", width=0.25, crop_size=64, residual="highpass", seed=0, holdout_frac=0.15,
+                    val_every=100, ckpt_every=100, crops_per_image=6, aug_jpeg_p=0.2, jpeg_quality=(75, 100),
+                    aug_rrc_p=0.1, aug_blur_p=0.1),
     "smoke": dict(pool="toy:6", steps=30, P=4, K=4, width=0.125, backbone="resnet10", crop_size=32,
                   val_every=15, ckpt_every=15, val_images_per_model=12, holdout_frac=0.34, crops_per_image=2),
 }
