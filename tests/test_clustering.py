@@ -207,3 +207,22 @@ def test_fdr_gram_path_equals_pairwise(rng, monkeypatch):
     for key, v in slow.inter_per_pair.items():
         assert fast.inter_per_pair[key] == pytest.approx(v, rel=1e-9)
     assert fast.ratio == pytest.approx(slow.ratio, rel=1e-9)
+
+
+def test_wide_features_use_an_exact_isometry(rng, monkeypatch):
+    """d > n: scores computed in the n-dim row space equal those in the full space."""
+    import fpt.metrics.clustering as cl
+
+    x, y = _blobs(rng, [np.zeros(300), np.full(300, 0.3), np.full(300, -0.3)], 10, 1.0, 300)
+    iso = cl.isometric_rows(x)
+    assert iso.shape[1] < x.shape[0]
+    from scipy.spatial.distance import pdist
+
+    assert np.allclose(pdist(iso), pdist(x), rtol=1e-9)
+    fast = (silhouette(x, y), davies_bouldin(x, y), kmeans_fit(x, 3, seed=1))
+    monkeypatch.setattr(cl, "isometric_rows", lambda a: np.asarray(a, dtype=np.float64))
+    slow = (silhouette(x, y), davies_bouldin(x, y), kmeans_fit(x, 3, seed=1))
+    assert fast[0] == pytest.approx(slow[0], rel=1e-9) and fast[1] == pytest.approx(slow[1], rel=1e-9)
+    assert nmi(fast[2].labels, slow[2].labels) == pytest.approx(1.0)
+    assert fast[2].inertia == pytest.approx(slow[2].inertia, rel=1e-6)
+    assert fast[2].centroids.shape == (3, 300)

@@ -69,6 +69,23 @@ def encode_labels(labels: Sequence | np.ndarray) -> tuple[np.ndarray, list]:
     return codes.astype(np.int64), classes.tolist()
 
 
+def isometric_rows(x: np.ndarray) -> np.ndarray:
+    """Rows re-expressed in the span of the centred data: same pairwise distances, <= n columns.
+
+    k-means, silhouette and Davies-Bouldin depend only on Euclidean distances between rows and
+    their centroids, which an isometry preserves; when d > n (artifacts: 12 288 dims for a few
+    hundred images) working in the n-dimensional row space is exact and several times faster.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    if d <= n:
+        return x
+    xc = x - x.mean(axis=0)
+    vals, vecs = np.linalg.eigh(xc @ xc.T)
+    keep = vals > max(float(vals.max()), 0.0) * 1e-12
+    return vecs[:, keep] * np.sqrt(vals[keep])
+
+
 def _check_xy(x: np.ndarray, labels: Sequence | np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
@@ -295,6 +312,7 @@ def kmeans_fit(
         raise ValueError(f"k must be between 1 and the number of samples ({n}), got {k}")
     if not np.isfinite(x).all():
         raise ValueError("features contain NaN or infinite values")
+    x_orig, x = x, isometric_rows(x)  # exact: k-means only sees distances
     rng = np.random.default_rng(seed)
     x_sq = (x * x).sum(axis=1)
     scale = float(np.mean(np.var(x, axis=0))) or 1.0
@@ -326,6 +344,9 @@ def kmeans_fit(
         if best is None or inertia < best.inertia:
             best = KMeansResult(labels.astype(np.int64), c, inertia, it)
     assert best is not None
+    if x.shape[1] != x_orig.shape[1]:  # report centroids in the caller's feature space
+        best.centroids = np.stack([x_orig[best.labels == j].mean(axis=0) if (best.labels == j).any()
+                                   else np.full(x_orig.shape[1], np.nan) for j in range(k)])
     return best
 
 
@@ -350,6 +371,7 @@ def silhouette(x: np.ndarray, labels: Sequence | np.ndarray) -> float:
     n, k = x.shape[0], len(classes)
     if not 2 <= k <= n - 1:
         raise ValueError(f"silhouette needs between 2 and n-1 clusters, got {k} for {n} samples")
+    x = isometric_rows(x)
     onehot = np.zeros((n, k))
     onehot[np.arange(n), codes] = 1.0
     sizes = onehot.sum(axis=0)
@@ -380,6 +402,7 @@ def davies_bouldin(x: np.ndarray, labels: Sequence | np.ndarray) -> float:
     k = len(classes)
     if k < 2:
         raise ValueError("Davies-Bouldin needs at least two clusters")
+    x = isometric_rows(x)
     cents = np.stack([x[codes == c].mean(axis=0) for c in range(k)])
     spread = np.array([np.linalg.norm(x[codes == c] - cents[c], axis=1).mean() for c in range(k)])
     m = cdist(cents, cents)
