@@ -185,7 +185,9 @@ def analyse_cmd(
     manifold: Path = typer.Option(None, "--manifold", "-m", help="Manifold file (artifact-* representations)."),
     factors: str = typer.Option("", "--factors", help="CSV model,factor1,... or 'synth' to parse synthetic arch ids."),
     factor_names: str = typer.Option("", "--factor-names", help="Comma list restricting the factors analysed."),
-    unit: str = typer.Option("image", "--unit", help="Cluster single images or per-model mean fingerprints."),
+    unit: str = typer.Option("", "--unit", help="image | model: cluster single images or per-model mean "
+                                                "fingerprints (default: image; model for pools, whose models "
+                                                "all see the same crops, so single images cluster by content)."),
     per_model: int = typer.Option(0, "--per-model", help="Use at most this many images per model (0 = all; pools: 16)."),
     real: Path = typer.Option(None, "--real", help="Pools: real images the synthetic models are applied to."),
     models: str = typer.Option("*", "--models", help="Pools: fnmatch pattern on model / architecture ids."),
@@ -247,6 +249,7 @@ def analyse_cmd(
                                       device=str(select_device(device)),
                                       on_progress=lambda d, t: bar.update(task, completed=d, total=t))
         factors = factors or "synth"
+        unit = unit or "model"
         if save is not None:
             from fpt.storage import atomic_path
 
@@ -256,6 +259,7 @@ def analyse_cmd(
     else:
         raise InputError("not a folder, an .npz file or a pool (.h5)", path=source)
 
+    unit = unit or "image"
     sep = an.separability(x, labels, seed=seed, standardize=standardize)
     if figure is not None:
         an.plot_embedding(x, labels, figure, f"{rep_name}: {len(sep.models)} models")
