@@ -228,13 +228,22 @@ def test_enroll_with_other_extractor_refused(tmp_path, capsys):
 
 
 def test_two_concurrent_enroll_processes(tmp_path):
-    """Two `fpt enroll` processes on one gallery at the same time: both models land, complete."""
-    ex = real_extractor(tmp_path / "x.pt")
+    """Two `fpt enroll` processes on one gallery at the same time: both models land, complete.
+
+    The children run the real CLI with the small FakeExtractor (no torchvision import: keeps this
+    test to process start-up plus a few crops).
+    """
     dirs = [write_model_folder(tmp_path, m, 4, size=32) for m in (0, 1)]
     g = tmp_path / "g.h5"
-    launcher = "import sys; from fpt.cli import main; sys.exit(main(sys.argv[1:]))"
-    procs = [subprocess.Popen([sys.executable, "-c", launcher, "--threads", "1", "enroll", f"m{i}", str(d),
-                               "--gallery", str(g), "--extractor", str(ex), "--device", "cpu"],
+    launcher = ("import sys; sys.path.insert(0, sys.argv.pop(1))\n"
+                "from test_embed import FakeExtractor\n"
+                "import fpt.cli.attribution as a\n"
+                "a.load_extractor = lambda path, device: FakeExtractor()\n"
+                "from fpt.cli import main\n"
+                "sys.exit(main(sys.argv[1:]))\n")
+    here = str(Path(__file__).resolve().parent)
+    procs = [subprocess.Popen([sys.executable, "-c", launcher, here, "--threads", "1", "enroll", f"m{i}", str(d),
+                               "--gallery", str(g)],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for i, d in enumerate(dirs)]
     for p in procs:
