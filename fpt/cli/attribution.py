@@ -540,6 +540,7 @@ def register(app: typer.Typer) -> None:
         k_shot: int = typer.Option(10, "--k-shot", help="Images per model in the identification gallery."),
         unknown_fraction: float = typer.Option(0.3, "--unknown-fraction", help="Share of models held out as unknown."),
         far: float = typer.Option(0.05, "--far", help="FAR for the open-set threshold (gallery calibration)."),
+        windows: Optional[int] = typer.Option(None, "--windows", help="fpt: n x n windows (default: the checkpoint's)."),
         manifold: Optional[Path] = typer.Option(None, "--manifold", help="Real-image manifold for artifact-* methods "
                                                 "(fpt manifold build)."),
         real: Optional[Path] = typer.Option(None, "--real", help="Real images for an ad-hoc manifold (artifact-* methods)."),
@@ -559,7 +560,7 @@ def register(app: typer.Typer) -> None:
 
             res = evaluate(root, mlist, seed=seed, n_pairs=pairs, k_shot=k_shot, repeats=repeats,
                            unknown_fraction=unknown_fraction, far=far,
-                           representation_kwargs={"extractor": extractor, "device": device,
+                           representation_kwargs={"extractor": extractor, "device": device, "windows": windows,
                                                   **({"manifold": manifold} if manifold else {}),
                                                   **({"real_images": real} if real else {})},
                            progress=make)
