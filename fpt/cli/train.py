@@ -116,7 +116,8 @@ def register(app: typer.Typer) -> None:
         summary = {"out": str(result.out), "sha256": result.sha256, "steps": result.steps,
                    "wall_s": round(result.wall_s, 1), "images_per_s": round(result.images_per_s, 1),
                    "train_models": result.n_train_models, "heldout_models": result.n_val_models,
-                   "heldout": result.final, "baseline_azimuthal": result.baseline, "history": result.history}
+                   "embedding": result.embed_from, "heldout": result.chosen, "heldout_all": result.final,
+                   "baseline_azimuthal": result.baseline, "history": result.history}
         if json_out:
             typer.echo(json.dumps(summary, indent=2))
             return
@@ -125,10 +126,10 @@ def register(app: typer.Typer) -> None:
 
         t = Table(title=f"fpt train: {result.out}  (sha256 {result.sha256[:12]})")
         t.add_column("held-out architectures")
-        t.add_column("extractor", justify="right")
+        t.add_column(f"extractor ({result.embed_from})", justify="right")
         t.add_column("azimuthal-integral baseline", justify="right")
         for key, label in (("auc", "verification AUC (N_S=1)"), ("id_acc_10shot", "10-shot identification acc")):
-            t.add_row(label, _fmt(result.final.get(key, "-")), _fmt(result.baseline.get(key, "-")))
+            t.add_row(label, _fmt(result.chosen.get(key, "-")), _fmt(result.baseline.get(key, "-")))
         c = Console()
         c.print(t)
         c.print(f"{result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s); "

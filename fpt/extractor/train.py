@@ -108,7 +108,7 @@ PRESETS: dict[str, dict] = {
     # (2 CPU processes x 1 thread; P x K = 16 x 4 per process). The real pool is photos only:
     # MNIST (28 px) is skipped automatically as smaller than the crop.
     "default": dict(pool="runs/pool-default.h5", images=["../shared/data/real/imagenet-sample", "../shared/data/real/cbsd68"],
-                    out="fpt/weights/extractor.pt", steps=700, P=16, K=4, lr=2e-3, warmup=50, schedule="cosine",
+                    out="fpt/weights/extractor.pt", steps=1000, P=16, K=4, lr=2e-3, warmup=50, schedule="cosine",
                     backbone="resnet18", width=0.25, crop_size=64, residual="highpass", seed=0, holdout_frac=0.15,
                     val_every=100, ckpt_every=100, crops_per_image=6, aug_jpeg_p=0.2, jpeg_quality=(75, 100),
                     aug_rrc_p=0.1, aug_blur_p=0.1),
@@ -130,6 +130,14 @@ class TrainResult:
     n_train_models: int
     n_val_models: int
     net: FingerprintNet | None = None   # the trained network (with its classification head)
+    embed_from: str = "projection"      # which embedding the saved extractor uses
+
+    @property
+    def chosen(self) -> dict:
+        """Held-out metrics of the embedding the saved extractor actually uses."""
+        if self.embed_from == "features":
+            return {k[5:]: v for k, v in self.final.items() if k.startswith("feat_")}
+        return {k: v for k, v in self.final.items() if not k.startswith("feat_")}
 
 
 # ------------------------------------------------------------------------------- validation
@@ -423,13 +431,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         sd = {k: v for k, v in net.state_dict().items() if not k.startswith("classifier.")}
         shipped.load_state_dict(sd)
         meta = _cfg_json(cfg)
-        meta.update(steps_done=done, train_models=len(train_ids), heldout_archs=sorted({i.split("/")[0] for i in val_ids}),
+        meta.update(embedding=embed_from, steps_done=done, train_models=len(train_ids), heldout_archs=sorted({i.split("/")[0] for i in val_ids}),
                     real_images=len(bank.sources), wall_s=round(wall, 1), images_per_s=round(rate, 1),
                     world_size=world, validation=final, baseline=baseline, torch=str(torch.__version__),
                     source=getattr(source, "describe", lambda: {})())
         sha = save_extractor(cfg.out, shipped, preprocessing_for(shipped, cfg.windows), meta, half=cfg.half)
         result = TrainResult(Path(cfg.out), sha, done, wall, rate, history, final, baseline,
-                             len(train_ids), len(val_ids), net if return_net else None)
+                             len(train_ids), len(val_ids), net if return_net else None, embed_from)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
