@@ -23,7 +23,7 @@ def gaussian_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frechet_distance_from_stats(mu1, cov1, mu2, cov2, eps: float = 1e-6) -> float:
     """Fréchet distance between N(mu1, cov1) and N(mu2, cov2)."""
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(cov1 @ cov2, disp=False)
+    covmean = linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():
         # Near-singular product (few samples, many dims): regularise both covariances.
         offset = np.eye(cov1.shape[0]) * eps
