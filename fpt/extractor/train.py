@@ -104,7 +104,8 @@ class TrainConfig:
 
 #: ``fpt train --preset default`` — the recipe of the shipped extractor (see README).
 PRESETS: dict[str, dict] = {
-    # Run as: torchrun --standalone --nproc_per_node=2 $(which fpt) --threads 1 train --preset default
+    # Run as: torchrun --standalone --nproc_per_node=2 "$(python -c 'import sys,os;print(os.path.dirname(sys.executable))')/fpt" \
+    #           --threads 1 train --preset default   (torchrun needs the real console script, not a pyenv shim)
     # (2 CPU processes x 1 thread; P x K = 16 x 4 per process). The real pool is photos only:
     # MNIST (28 px) is skipped automatically as smaller than the crop.
     "default": dict(pool="runs/pool-default.h5", images=["../shared/data/real/imagenet-sample", "../shared/data/real/cbsd68"],
