@@ -72,6 +72,8 @@ def info_cmd(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Show what a manifold holds and exactly how its images were preprocessed."""
+    import numpy as np
+
     from fpt.manifold.store import Manifold
     from fpt.report import print_json, print_table
 
@@ -88,7 +90,7 @@ def info_cmd(
                     "dim": m.space(name).dim,
                     "pixels_stored": name == "rgb" or "pixels" in m.space(name).group,
                     "real_nn_distance_quartiles": (
-                        [float(q) for q in __import__("numpy").percentile(m.space(name).calib_nn, [25, 50, 75])]
+                        [float(q) for q in np.percentile(m.space(name).calib_nn, [25, 50, 75])]
                         if m.space(name).calib_nn.size else None),
                 }
                 for name in m.spaces
