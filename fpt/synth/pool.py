@@ -373,6 +373,8 @@ def summarise(records: list[ModelRecord], by: str = "family") -> list[dict]:
     groups: dict[str, list[ModelRecord]] = {}
     for r in records:
         key = r.family if by == "family" else factors(r.arch).get(by, "-")
+        if key == "-":
+            key = r.family  # grid generators have no FD factors: one row for them
         groups.setdefault(key, []).append(r)
     if len(groups) > 1 or not groups:
         groups["all"] = list(records)
