@@ -60,6 +60,12 @@ def _report_failures(failed, quiet: bool = False) -> None:
         warn(f"skipped {f.reason}" if str(f.path) in f.reason else f"skipped {f.path}: {f.reason}")
 
 
+def _digits(*values) -> int:
+    """Decimals that keep cosine scores apart: embeddings of some extractors crowd near 1."""
+    vals = [abs(float(v)) for v in values if v is not None]
+    return 6 if vals and max(vals) >= 0.999 else 4
+
+
 def _short_date(iso: str) -> str:
     return iso[:16].replace("T", " ") if iso else ""
 
@@ -181,7 +187,7 @@ def register(app: typer.Typer) -> None:
         if res.total < 10:
             warn(f"{model} has {res.total} image(s); 10 or more make a much more reliable fingerprint")
         if cal:
-            console.print(f"identification threshold recalibrated: {cal.threshold:.4f} at FAR {cal.far:g} "
+            console.print(f"identification threshold recalibrated: {cal.threshold:.{_digits(cal.threshold)}f} at FAR {cal.far:g} "
                           f"(expected false-reject rate {cal.expected_frr:.1%})")
 
     def _no_images(model: str, failed):
@@ -215,7 +221,7 @@ def register(app: typer.Typer) -> None:
             return
         cal = g.calibration
         cap = (f"extractor {(g.extractor_sha256 or '-')[:12]}; threshold "
-               + (f"{cal.threshold:.4f} at FAR {cal.far:g}" if cal else "not calibrated"))
+               + (f"{cal.threshold:.{_digits(cal.threshold)}f} at FAR {cal.far:g}" if cal else "not calibrated"))
         print_table(f"gallery {g.path}", ["model", "images", "low-conf", "created", "updated", "meta"], rows,
                     caption=cap)
 
@@ -334,12 +340,13 @@ def register(app: typer.Typer) -> None:
             return
         print_table("identification threshold (stored in the gallery)",
                     ["FAR asked", "threshold", "expected FAR", "expected FRR", "LOO top-1 acc", "genuine", "impostor"],
-                    [[cal.far, cal.threshold, cal.expected_far, cal.expected_frr, cal.loo_accuracy,
+                    [[cal.far, f"{cal.threshold:.{_digits(cal.threshold)}f}", cal.expected_far, cal.expected_frr, cal.loo_accuracy,
                       cal.n_genuine, cal.n_impostor]])
         if vrows:
             print_table("verification thresholds (computed on the fly by `fpt verify`)",
                         ["N_S", "threshold", "expected FAR", "expected FRR"],
-                        [[v.n_s, v.threshold, v.expected_far, v.expected_frr] for v in vrows])
+                        [[v.n_s, f"{v.threshold:.{_digits(v.threshold)}f}", v.expected_far, v.expected_frr]
+                         for v in vrows])
         console.print("expected rates are measured on the gallery's own images (leave-one-out); "
                       "enroll more images per model for tighter estimates")
 
@@ -413,14 +420,15 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(buf.getvalue())
         else:
             rows = []
+            nd = _digits(t_used, *(r.score for r in results))
             for r in results:
-                tops = "\n".join(f"{m} {s:.4f}" for m, s in r.top)
+                tops = "\n".join(f"{m} {s:.{nd}f}" for m, s in r.top)
                 decided = r.model if r.identified else "[red]unknown[/red]"
                 rows.append([r.path, decided, r.score, tops, "yes" if r.low_confidence else ""])
             from rich.table import Table
 
             table = Table(title=f"identification against {g.path.name} ({len(g.models)} models)",
-                          caption=f"threshold {t_used:.4f} ({src})" if t_used is not None else "no threshold")
+                          caption=f"threshold {t_used:.{nd}f} ({src})" if t_used is not None else "no threshold")
             any_low = any(r.low_confidence for r in results)
             table.add_column("image", overflow="fold")
             table.add_column("model", overflow="fold")
@@ -429,7 +437,7 @@ def register(app: typer.Typer) -> None:
             if any_low:
                 table.add_column("low-conf")
             for row in rows:
-                cells = [str(row[0]), row[1], f"{row[2]:.4f}", row[3]] + ([row[4]] if any_low else [])
+                cells = [str(row[0]), row[1], f"{row[2]:.{nd}f}", row[3]] + ([row[4]] if any_low else [])
                 table.add_row(*cells)
             console.print(table)
             if len(results) > 1 or failed:
@@ -488,8 +496,9 @@ def register(app: typer.Typer) -> None:
             print_json(v)
         else:
             verdict = "[green]same model[/green]" if v.same_model else "[red]different models[/red]"
-            console.print(f"similarity {v.similarity:.4f} (A: {v.n_a} image(s), B: {v.n_b} image(s)) -> {verdict}")
-            console.print(f"threshold {v.threshold:.4f} ({v.threshold_source})")
+            nd = _digits(v.similarity, v.threshold)
+            console.print(f"similarity {v.similarity:.{nd}f} (A: {v.n_a} image(s), B: {v.n_b} image(s)) -> {verdict}")
+            console.print(f"threshold {v.threshold:.{nd}f} ({v.threshold_source})")
             if low:
                 console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]")
         if not v.same_model:
