@@ -91,6 +91,14 @@ def _config_of(f: h5py.File) -> dict:
     return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
 
 
+#: settings that change speed or float rounding only; pools differing in them may be resumed / merged
+_NOT_COMPARED = ("amp", "channels_last")
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in _NOT_COMPARED}
+
+
 def _pending_parts(path: Path) -> list[Path]:
     d = journal_dir(path)
     return sorted(d.glob("*.h5")) if d.is_dir() else []
@@ -230,8 +238,9 @@ class PoolWriter:
             with open_store(self.path, POOL_KIND, POOL_SCHEMA, "r") as f:
                 existing = _config_of(f)
                 self.done = set(_list_models(f))
-            if existing != self.config:
-                diff = sorted(k for k in set(existing) | set(self.config) if existing.get(k) != self.config.get(k))
+            existing, wanted = _comparable(existing), _comparable(self.config)
+            if existing != wanted:
+                diff = sorted(k for k in set(existing) | set(wanted) if existing.get(k) != wanted.get(k))
                 raise ConfigError(
                     f"this pool was built with other settings ({', '.join(diff)} differ)",
                     hint="use the same --size/--width/--images as before, or a new --out",
@@ -296,7 +305,7 @@ def merge_pools(out: str | Path, inputs: list[str | Path], *, force: bool = Fals
             c = _config_of(f)
             if config is None:
                 config = c
-            elif c != config:
+            elif _comparable(c) != _comparable(config):
                 raise ConfigError(f"{p} was built with other settings than {inputs[0]}",
                                   hint="shards must share --size, --width, --kernel and the image set")
             for mid in _list_models(f):
@@ -334,6 +343,7 @@ def pool_config(cfg, bank) -> dict:
 
     c = asdict(cfg)
     c.pop("amp", None)
+    c.pop("channels_last", None)  # a speed lever (float rounding only), not a model setting
     c["crops"] = bank.digest()
     from fpt.synth.nets import IO_RANGE
 

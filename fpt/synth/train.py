@@ -7,6 +7,7 @@ an output whose mean absolute magnitude is ``grid_target`` (paper 000: 0.005); "
 within ``grid_tolerance`` (relative) of it.
 
 Speed levers (see benchmarks/bench_synth.py for the measurements):
+- channels-last memory format (1.12x per step at 32 px, 1.22x at 128 px on this CPU);
 - one pre-decoded ``CropBank`` tensor shared by every model (no per-model decoding / DataLoader);
 - early stop at the target (most architectures need a few hundred steps, not a fixed budget);
 - one process per core (``train_many(workers=n)``, fork shares the crop bank copy-on-write);
@@ -53,7 +54,7 @@ class TrainConfig:
     grid_tolerance: float = 0.1    # grid: relative tolerance on that magnitude
     check_every: int = 10          # evaluate the stop criterion every n steps
     val_batch: int = 32            # held-out crops for the FD stop criterion
-    channels_last: bool = False
+    channels_last: bool = True    # measured 1.1-1.2x per step on CPU (bench_synth.py)
     amp: bool = True               # CUDA only
 
     def __post_init__(self) -> None:
