@@ -196,7 +196,8 @@ def register(app: typer.Typer) -> None:
         t.add_column("value")
         t.add_row("sha256", ex.sha256)
         n = ex.net.config
-        t.add_row("network", f"{n['backbone']} x{n['width']} ({n['stem']} stem), embedding {ex.embedding_dim}-d")
+        t.add_row("network", f"{n['backbone']} x{n['width']} ({n['stem']} stem), {ex.embedding_dim}-d embedding "
+                  f"from the {n.get('embed_from', 'projection')}")
         p = ex.preprocessing
         t.add_row("preprocessing", f"{p.residual} residual -> {'luma' if p.grey else 'per-channel RGB'} {p.spectrum} DFT, "
                   f"{p.crop_size}px crops, {p.windows}x{p.windows} windows")
@@ -204,7 +205,13 @@ def register(app: typer.Typer) -> None:
         if c.get("untrained"):
             t.add_row("training", "UNTRAINED placeholder")
         else:
-            for key in ("preset", "pool", "steps", "P", "K", "lr", "seed", "wall_s", "train_models", "validation", "baseline"):
-                if key in c:
-                    t.add_row(key, json.dumps(c[key]) if isinstance(c[key], (dict, list)) else str(c[key]))
+            for key in ("preset", "pool", "residual", "steps_done", "P", "K", "lr", "seed", "world_size", "wall_s",
+                        "train_models", "heldout_archs", "validation", "baseline"):
+                if key == "heldout_archs" and key in c:
+                    t.add_row("held-out archs", f"{len(c[key])} architectures (validation only)")
+                elif key in c:
+                    v = c[key]
+                    if isinstance(v, dict):
+                        v = {k: (round(x, 4) if isinstance(x, float) else x) for k, x in v.items() if k != "lr"}
+                    t.add_row(key, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
         Console().print(t)
