@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
-torch.set_num_threads(2)
+# Test tensors are tiny: one thread avoids oversubscription when tests start subprocesses
+# (DDP, concurrent writers), which on a 2-core machine cost up to 20x.
+os.environ.setdefault("FPT_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def shared_data(*parts: str) -> Path:
