@@ -266,8 +266,7 @@ def test_interrupted_enroll_keeps_committed_chunks_and_resumes(data, tmp_path, m
     monkeypatch.setattr(cli_attr, "ENROLL_CHUNK", 2)
     monkeypatch.setattr(cli_attr, "load_extractor", lambda path, device: Interrupting())
     g = tmp_path / "g.h5"
-    # (exit code not asserted: typer turns Ctrl-C into Exit(130), which fpt.cli.main currently drops)
-    main(["enroll", "m0", str(enroll[0]), "--gallery", str(g), "--batch-size", "9"])
+    assert main(["enroll", "m0", str(enroll[0]), "--gallery", str(g), "--batch-size", "9"]) == 130
     assert load_gallery(g).get("m0").count == 4  # two chunks of two images were committed
     monkeypatch.setattr(cli_attr, "load_extractor", lambda path, device: FakeExtractor())
     assert main(["enroll", "m0", str(enroll[0]), "--gallery", str(g), "--batch-size", "9"]) == 0

@@ -48,7 +48,9 @@ _register_commands()
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code (and 130 for Ctrl-C) rather
+        # than exiting, so the return value is the exit status.
+        rv = app(args=argv, standalone_mode=False)
     except FptError as exc:
         if _state["debug"]:
             raise
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"fpt: unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         return 1
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 def console_main() -> None:

@@ -447,9 +447,9 @@ def register(app: typer.Typer) -> None:
                 console.print(f"{len(results)} image(s): " + ", ".join(f"{m} {n}" for m, n in cnt.most_common())
                               + (f"; {len(failed)} unreadable" if failed else ""))
         if n_unknown:
-            raise SystemExit(EXIT_UNKNOWN)  # not typer.Exit: fpt.cli.main drops its code
+            raise typer.Exit(EXIT_UNKNOWN)
         if failed:
-            raise SystemExit(EXIT_SOME_FAILED)
+            raise typer.Exit(EXIT_SOME_FAILED)
 
     # ------------------------------------------------------------ verify
     @app.command("verify")
@@ -502,7 +502,7 @@ def register(app: typer.Typer) -> None:
             if low:
                 console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]")
         if not v.same_model:
-            raise SystemExit(EXIT_UNKNOWN)  # not typer.Exit: fpt.cli.main drops its code
+            raise typer.Exit(EXIT_UNKNOWN)
 
     # ------------------------------------------------------------ lineage
     @app.command("lineage")
