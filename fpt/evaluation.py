@@ -25,7 +25,8 @@ tensors go to every method):
   AUROC of best-score for known vs unknown probes, and accuracy (right model or correctly
   "unknown") at the threshold ``fpt gallery calibrate`` would pick from the 10-shot gallery's own
   images (leave-one-out, FAR 0.05).
-- **Clustering**: silhouette and Davies-Bouldin of the unit embeddings against model labels.
+- **Clustering**: silhouette and Davies-Bouldin of the unit embeddings against model labels, and
+  the Fréchet-distance ratio of paper 002 (inter-model FD / intra-model FD; higher = more separable).
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class MethodResult:
     open_unknown_rejection: float | None = None
     silhouette: float | None = None
     davies_bouldin: float | None = None
+    fd_ratio: float | None = None
     seconds: float = 0.0
 
 
@@ -270,23 +272,15 @@ def run_method(method: str, emb: np.ndarray, splits: GroupSplits, far: float = 0
         res.open_auroc, res.open_accuracy = float(np.mean(aurocs)), float(np.mean(accs))
         res.open_known_accuracy, res.open_unknown_rejection = float(np.mean(kaccs)), float(np.mean(urej))
     if len(np.unique(labels)) >= 2:
-        from fpt.metrics.clustering import davies_bouldin, silhouette
+        from fpt.metrics.clustering import davies_bouldin, fd_ratio, silhouette
 
-        x = emb.astype(np.float64) if emb.shape[1] <= emb.shape[0] else _exact_low_dim(emb)
-        res.silhouette = float(silhouette(x, labels))
-        res.davies_bouldin = float(davies_bouldin(x, labels))
+        res.silhouette = float(silhouette(emb, labels))
+        res.davies_bouldin = float(davies_bouldin(emb, labels))
+        try:
+            res.fd_ratio = float(fd_ratio(emb, labels))
+        except ValueError:  # a model with fewer than 4 images has no two halves to compare
+            res.fd_ratio = None
     return res
-
-
-def _exact_low_dim(x: np.ndarray) -> np.ndarray:
-    """n points in d > n dims -> the same points in n dims (all distances kept exactly).
-
-    From the Gram matrix G = X X^T = V L V^T: rows of V sqrt(L) have the same inner products,
-    hence the same Euclidean distances, so silhouette and Davies-Bouldin are unchanged.
-    """
-    g = (x @ x.T).astype(np.float64)
-    w, v = np.linalg.eigh(g)
-    return v * np.sqrt(np.clip(w, 0.0, None))
 
 
 # ---------------------------------------------------------------- driver
@@ -395,12 +389,13 @@ SUMMARY_METRICS = [
     ("verification acc, N_S=1 (cal. thr.)", lambda r: _v(r, 1, "accuracy")),
     ("verification acc, N_S=10 (cal. thr.)", lambda r: _v(r, 10, "accuracy")),
     ("verification acc, N_S=1 (oracle thr.)", lambda r: _v(r, 1, "oracle_accuracy")),
-    ("10-shot identification acc", lambda r: r.id_accuracy),
-    ("10-shot identification macro-F1", lambda r: r.id_macro_f1),
+    ("{k}-shot identification acc", lambda r: r.id_accuracy),
+    ("{k}-shot identification macro-F1", lambda r: r.id_macro_f1),
     ("open-set AUROC", lambda r: r.open_auroc),
     ("open-set acc (cal. thr.)", lambda r: r.open_accuracy),
     ("silhouette", lambda r: r.silhouette),
     ("Davies-Bouldin (lower=better)", lambda r: r.davies_bouldin),
+    ("FD ratio (paper 002)", lambda r: r.fd_ratio),
     ("embedding time, s", lambda r: r.seconds),
 ]
 
@@ -410,10 +405,10 @@ def _v(r: MethodResult, n: int, attr: str):
     return None if x is None else getattr(x, attr)
 
 
-def summary_table(g: GroupResult) -> tuple[list[str], list[list]]:
+def summary_table(g: GroupResult, k_shot: int = 10) -> tuple[list[str], list[list]]:
     """Metrics as rows, methods as columns (fits a terminal for any number of metrics)."""
     cols = ["metric"] + list(g.methods)
-    rows = [[name] + [f(r) for r in g.methods.values()] for name, f in SUMMARY_METRICS]
+    rows = [[name.format(k=k_shot)] + [f(r) for r in g.methods.values()] for name, f in SUMMARY_METRICS]
     return cols, rows
 
 
@@ -439,7 +434,7 @@ def to_json(res: EvalResult) -> dict:
                 "identification": {"accuracy": r.id_accuracy, "macro_f1": r.id_macro_f1, "per_model": r.id_per_model},
                 "open_set": {"auroc": r.open_auroc, "accuracy_at_calibrated_threshold": r.open_accuracy,
                              "known_accuracy": r.open_known_accuracy, "unknown_rejection": r.open_unknown_rejection},
-                "clustering": {"silhouette": r.silhouette, "davies_bouldin": r.davies_bouldin},
+                "clustering": {"silhouette": r.silhouette, "davies_bouldin": r.davies_bouldin, "fd_ratio": r.fd_ratio},
                 "embed_seconds": r.seconds,
             }
         groups.append({"group": g.group, "models": g.counts, "methods": methods, "notes": g.notes})

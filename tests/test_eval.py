@@ -74,6 +74,8 @@ def test_evaluate_all_methods_same_splits(root):
     assert f.verification[1].auc > 0.95 and f.verification[10].auc > 0.99
     assert f.id_accuracy > 0.9 and f.id_macro_f1 > 0.9 and f.open_auroc > 0.9
     assert f.silhouette > 0 and f.davies_bouldin > 0
+    # near-perfect separation: models lie farther apart than two halves of one model
+    assert f.fd_ratio is not None and f.fd_ratio > 2
     for m in ("prnu", "spectrum"):
         r = main_g.methods[m]
         assert 0 <= r.verification[1].auc <= 1 and r.id_accuracy is not None

@@ -592,12 +592,12 @@ def register(app: typer.Typer) -> None:
             if not g.methods:
                 console.print(f"{title} — " + "; ".join(g.notes))
                 continue
-            cols, rows = summary_table(g)
+            cols, rows = summary_table(g, k_shot=res.settings["k_shot"])
             print_table(title, cols, rows,
                         caption="cal. thr. = threshold chosen on a separate calibration split; "
                                 "oracle = best threshold on the test pairs (papers' number)")
             cols, rows = per_model_rows(g)
-            print_table(f"{g.group}: 10-shot identification accuracy per model", cols, rows)
+            print_table(f"{g.group}: {res.settings['k_shot']}-shot identification accuracy per model", cols, rows)
             for n in g.notes:
                 console.print(f"  note: {n}")
         console.print(f"figures and eval.json in {out}/")
