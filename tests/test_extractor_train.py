@@ -14,13 +14,6 @@ from fpt.extractor.net import build_net
 from fpt.extractor.train import TrainConfig, embed_images, train, verification_and_identification
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on the shared 2-core machine, 2 threads oversubscribe and run ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _natural_like(n: int, size: int, seed: int) -> torch.Tensor:

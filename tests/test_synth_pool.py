@@ -22,12 +22,6 @@ from fpt.synth.train import CropBank, TrainConfig, plan_jobs, shard_jobs
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_bank() -> CropBank:

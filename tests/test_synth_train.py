@@ -14,12 +14,6 @@ from fpt.synth.train import (CropBank, TrainConfig, load_state, model_seed, pars
                              split_model_id, train_one)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def smooth_bank(n: int = 32, size: int = 16, seed: int = 0) -> CropBank:
