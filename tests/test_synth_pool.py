@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fpt.errors import ConfigError, StoreError
-from fpt.synth.pool import Pool, PoolWriter, build_pool, fingerprint, journal_dir, merge_pools
+from fpt.synth.pool import Pool, build_pool, fingerprint, journal_dir, merge_pools
 from fpt.synth.space import fd_space, grid_space
 from fpt.synth.train import CropBank, TrainConfig, plan_jobs, shard_jobs
 

@@ -224,7 +224,6 @@ def _register_ffd(synth: typer.Typer) -> None:
     ) -> None:
         """Fréchet Frequency Distance between a pool and real generators (lower = more realistic)."""
         import numpy as np
-        import torch
 
         from fpt.devices import select_device
         from fpt.errors import ConfigError

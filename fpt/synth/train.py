@@ -21,7 +21,6 @@ bank, thread count): the init RNG and the batch-sampling RNG are both derived fr
 from __future__ import annotations
 
 import math
-import os
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
