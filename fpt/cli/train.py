@@ -108,9 +108,7 @@ def register(app: typer.Typer) -> None:
 
                     hint = "build it with `fpt synth --images DIR --out POOL.h5` (see README, 'Training the extractor')"
                     if preset == "default" and not pool:
-                        hint = ("build the default pool first: fpt --threads 1 synth --images ../shared/data/real/imagenet-sample "
-                                "--images ../shared/data/real/cbsd68 --out runs/pool-default.h5 --seeds 1 --grid-depths 3,4,5 "
-                                "--grid-seeds 10 --size 32 --width 16 --batch 16 --max-steps 100 --crops 2048 --workers 2")
+                        hint = "build the default pool first; examples/reproduce_default_extractor.sh runs the whole recipe"
                     raise InputError("synthetic-model pool not found", path=pth, hint=hint)
         cfg = TrainConfig(**values)
         result = train(cfg, resume=resume, show_progress=not (quiet or json_out),
