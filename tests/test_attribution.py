@@ -279,3 +279,16 @@ def test_small_image_flagged_low_confidence(gallery, tmp_path, capsys):
     p = save_png(model_images(1, 1, 64, seed=5)[0][:, :20, :24], tmp_path / "small.png")  # < 32 px window
     code, res = _run_json(capsys, ["identify", str(p), "--gallery", str(gallery), "--threshold", "-1"])
     assert code == 0 and res["results"][0]["low_confidence"] is True
+
+
+def test_enroll_reports_the_threshold_it_stored(data, tmp_path, fake, capsys):
+    """The threshold printed by enroll is the gallery's calibration after the change, not before."""
+    _, enroll, _ = data
+    g = tmp_path / "g.h5"
+    reported = []
+    for m in range(3):
+        code, res = _run_json(capsys, ["enroll", f"model{m}", str(enroll[m]), "--gallery", str(g)])
+        assert code == 0
+        reported.append(res["threshold"])
+    assert reported[0] is None  # one model: nothing to calibrate against
+    assert reported[2] == pytest.approx(load_gallery(g).calibration.threshold)

@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
                     np.array([x.low_confidence for x in pending], bool), ex.sha256, int(ex.embedding_dim), meta_d)
                 if r.total == 0:  # nothing readable for a new model: leave the gallery untouched
                     raise _no_images(model, failed)
-                cal = g.calibration
+            cal = g.calibration  # after the block: edit_gallery recalibrates on the way out
             res = r if res is None else type(r)(model, res.added + r.added, res.duplicates + r.duplicates, r.total)
             pending.clear()
 
