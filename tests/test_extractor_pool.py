@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fpt.errors import StoreError
-
-
+from fpt.errors import ConfigError, StoreError
 
 
 def _tiny_pool(path):
@@ -55,3 +53,17 @@ def test_pool_source_bad_file(tmp_path):
     bad.write_bytes(b"nope")
     with pytest.raises(StoreError):
         PoolSource(bad)
+
+
+def test_pool_source_model_patterns_make_sub_pools(tmp_path):
+    """--models selects FD-only or grid-only sub-pools (paper 000 Table 3 ablation)."""
+    from fpt.extractor.data import PoolSource
+
+    path = tmp_path / "pool.h5"
+    _tiny_pool(path)
+    assert PoolSource(path, models="grid-*").model_ids == ["grid-D3/s000", "grid-D3/s001"]
+    fd = PoolSource(path, models="K*").model_ids
+    assert len(fd) == 6 and not any(m.startswith("grid") for m in fd)
+    assert len(PoolSource(path, models="K1-*, grid-*").model_ids) == 6
+    with pytest.raises(ConfigError, match="keeps 0"):
+        PoolSource(path, models="nothing-*")

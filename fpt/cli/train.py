@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         pool: Optional[List[str]] = typer.Option(None, "--pool", help="Synthetic-model pool (fpt synth output; repeatable), or toy:N for a smoke test."),
         only_reached: Optional[bool] = typer.Option(None, "--only-reached/--all-models", help="Use only pool models that reached their training target (default: all)."),
+        models: Optional[str] = typer.Option(None, "--models", help="Train only on pool models whose ids match these comma-separated fnmatch patterns, e.g. 'K*' (FD only) or 'grid-*'."),
         images: Optional[List[Path]] = typer.Option(None, "--images", help="Folder(s) of real photos to fingerprint (repeatable)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Extractor checkpoint to write (resume state goes beside it as NAME.state.pt)."),
         preset: Optional[str] = typer.Option(None, "--preset", help="Start from a recipe: 'default' (the shipped extractor) or 'smoke'."),
@@ -85,7 +86,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"unknown preset '{preset}'", hint=f"choose one of {sorted(PRESETS)}")
             values.update(PRESETS[preset])
             values["preset"] = preset
-        given = dict(pool=",".join(pool) if pool else None, only_reached=only_reached, images=[str(i) for i in images] if images else None, out=str(out) if out else None,
+        given = dict(pool=",".join(pool) if pool else None, only_reached=only_reached, models=models, images=[str(i) for i in images] if images else None, out=str(out) if out else None,
                      steps=steps, P=p, K=k, lr=lr, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
                      ce_weight=ce_weight, triplet_weight=triplet_weight, margin=margin, backbone=backbone,
                      width=width, stem=stem, embedding_dim=embedding_dim, embed_from=embed_from, crop_size=crop_size, residual=residual,

@@ -54,16 +54,25 @@ class PoolSource:
     """A synthetic-model pool file (H2's ``fpt.synth.pool.Pool``) as a :class:`ModelSource`.
 
     Models are loaded once and kept (synthetic models are tiny); ``only_reached`` drops models
-    that did not reach their training target (their "fingerprint" would be an untrained net's).
+    that did not reach their training target (their "fingerprint" would be an untrained net's);
+    ``models`` keeps only ids matching comma-separated fnmatch patterns.
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu", only_reached: bool = False) -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", only_reached: bool = False,
+                 models: str | None = None) -> None:
         from fpt.synth.pool import Pool
 
         self.path = Path(path)
         self.pool = Pool.open(self.path)
         self.device = torch.device(device)
         ids = list(self.pool.model_ids)
+        if models:
+            # Sub-pools for ablations (paper 000 Table 3: FD-only vs grid-only vs combined).
+            patterns = [p.strip() for p in models.split(",") if p.strip()]
+            ids = [mid for mid in ids if any(fnmatch.fnmatchcase(mid, p) for p in patterns)]
+            if len(ids) < 2:
+                raise ConfigError(f"--models '{models}' keeps {len(ids)} pool model(s); training needs 2+",
+                                  path=self.path, hint="patterns match model ids such as 'K2-*' or 'grid-*'")
         if only_reached:
             kept = []
             for mid in ids:

@@ -34,6 +34,7 @@ class TrainConfig:
 
     pool: str | None = None              # pool.h5 (comma-separated for several), or "toy:N[:S]"
     only_reached: bool = False           # train only on pool models that reached their target
+    models: str | None = None            # fnmatch pattern(s) of pool model ids to train on (ablations)
     images: list[str] = field(default_factory=list)
     out: str = "extractor.pt"
     steps: int = 2000
@@ -227,8 +228,8 @@ def build_source(cfg: TrainConfig, device: torch.device) -> ModelSource:
     dev = device if device.type == "cuda" else "cpu"
     paths = [p for p in cfg.pool.split(",") if p]
     if len(paths) == 1:
-        return PoolSource(paths[0], device=dev, only_reached=cfg.only_reached)
-    return MultiSource([PoolSource(p, device=dev, only_reached=cfg.only_reached) for p in paths])
+        return PoolSource(paths[0], device=dev, only_reached=cfg.only_reached, models=cfg.models)
+    return MultiSource([PoolSource(p, device=dev, only_reached=cfg.only_reached, models=cfg.models) for p in paths])
 
 
 def state_path_for(out: str | Path) -> Path:
