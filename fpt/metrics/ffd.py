@@ -27,7 +27,7 @@ from fpt.errors import ConfigError, EmptyInputError
 from fpt.images import IMAGE_EXTENSIONS, LoadFailure, center_crop, iter_images
 from fpt.metrics.frechet import frechet_distance
 from fpt.residual import build_residual
-from fpt.spectrum import azimuthal_integral, power_spectrum, to_grey
+from fpt.spectrum import azimuthal_integral_fast, to_grey
 
 DEFAULT_N = 100
 DEFAULT_SIZE = 64
@@ -37,7 +37,7 @@ def reduced_spectra(images: torch.Tensor, residual: nn.Module, eps: float = 1e-1
     """(N, 3, S, S) images -> (N, S/2) log azimuthal integral of the residual, min-max to [0, 1]."""
     with torch.no_grad():
         r = to_grey(residual(images.float()))[:, 0]
-        ai = azimuthal_integral(power_spectrum(r)).double()
+        ai = azimuthal_integral_fast(r).double()
     log_ai = torch.log(ai + eps)
     lo = log_ai.amin(dim=-1, keepdim=True)
     hi = log_ai.amax(dim=-1, keepdim=True)
