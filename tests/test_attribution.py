@@ -292,3 +292,15 @@ def test_enroll_reports_the_threshold_it_stored(data, tmp_path, fake, capsys):
         reported.append(res["threshold"])
     assert reported[0] is None  # one model: nothing to calibrate against
     assert reported[2] == pytest.approx(load_gallery(g).calibration.threshold)
+
+
+def test_identify_and_embed_fail_when_no_input_is_readable(gallery, tmp_path, capsys):
+    """Per-file failures are skipped, but a run where every file failed exits non-zero with one line."""
+    bogus = tmp_path / "not-an-image.png"
+    bogus.write_text("hello")
+    assert main(["identify", str(bogus), "--gallery", str(gallery)]) == 2
+    out = tmp_path / "e.npz"
+    assert main(["embed", str(bogus), "--out", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "none of the 1 input image(s) could be read" in err and "not an image" in err

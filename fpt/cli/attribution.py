@@ -60,6 +60,14 @@ def _report_failures(failed, quiet: bool = False) -> None:
         warn(f"skipped {f.reason}" if str(f.path) in f.reason else f"skipped {f.path}: {f.reason}")
 
 
+def _require_readable(ok, failed) -> None:
+    """Batch commands carry on past bad files, but a run where every file failed is an error."""
+    if not ok:
+        from fpt.errors import EmptyInputError
+
+        raise EmptyInputError(f"none of the {len(failed)} input image(s) could be read", hint="see the warnings above")
+
+
 def _digits(*values) -> int:
     """Decimals that keep cosine scores apart: embeddings of some extractors crowd near 1."""
     vals = [abs(float(v)) for v in values if v is not None]
@@ -93,6 +101,7 @@ def register(app: typer.Typer) -> None:
         ex = load_extractor(extractor, device)
         ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=json_out)
         _report_failures(failed)
+        _require_readable(ok, failed)
         save_embeddings_npz(out, ok, ex)
         summary = {"out": str(out), "images": len(ok), "failed": len(failed), "dim": int(ex.embedding_dim),
                    "low_confidence": sum(r.low_confidence for r in ok), "extractor_sha256": ex.sha256}
@@ -390,11 +399,10 @@ def register(app: typer.Typer) -> None:
                  "pass --threshold or enroll more models")
         ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=quiet, description="identifying")
         _report_failures(failed)
-        results = []
-        if ok:
-            results = identify_embeddings(g, np.stack([r.embedding for r in ok]), top_k=top_k, threshold=threshold,
-                                          paths=[str(r.path) for r in ok],
-                                          low_confidence=np.array([r.low_confidence for r in ok]))
+        _require_readable(ok, failed)
+        results = identify_embeddings(g, np.stack([r.embedding for r in ok]), top_k=top_k, threshold=threshold,
+                                      paths=[str(r.path) for r in ok],
+                                      low_confidence=np.array([r.low_confidence for r in ok]))
         n_unknown = sum(not r.identified for r in results)
         src = "--threshold" if threshold is not None else ("calibrated" if g.calibration else "none")
         t_used = threshold if threshold is not None else (g.calibration.threshold if g.calibration else None)
