@@ -8,6 +8,7 @@ target, so a crash or Ctrl-C leaves either the old file or the new one, never a 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -91,3 +92,12 @@ def open_store(path: str | Path, kind: str, schema: int, mode: str = "r") -> h5p
         raise StoreError(f"{kind} schema {found_schema} is not supported (this fpt reads {schema})", path=path,
                          hint="upgrade fpt or rebuild the file")
     return f
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (identity of images and checkpoints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

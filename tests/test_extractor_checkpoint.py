@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from fpt.errors import CheckpointError, ConfigError
-from fpt.extractor.checkpoint import (Preprocessing, file_sha256, load_extractor, preprocessing_for,
+from fpt.extractor.checkpoint import (Preprocessing, load_extractor, preprocessing_for,
                                       read_checkpoint, save_extractor)
 from fpt.extractor.net import build_net
+from fpt.storage import file_sha256
 
 
 def _tiny(num_classes: int = 0, **kw):

@@ -125,7 +125,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Enroll a model from its images (re-enrolling an image already there is a no-op)."""
-        from fpt.gallery import add_embeddings, edit_gallery, file_sha256, load_gallery, parse_meta
+        from fpt.gallery import add_embeddings, edit_gallery, load_gallery, parse_meta
+        from fpt.storage import file_sha256
         from fpt.images import find_images
         from fpt.report import console, print_json, warn
 
@@ -134,6 +135,7 @@ def register(app: typer.Typer) -> None:
         files = find_images(paths)
         n_input = len(files)
         ex = load_extractor(extractor, device)
+        hashes: dict[Path, str] = {}  # computed once, reused when committing
         if gpath.exists():  # fail fast, before the slow part
             g0 = load_gallery(gpath)
             g0.check_extractor(ex.sha256)
@@ -158,7 +160,7 @@ def register(app: typer.Typer) -> None:
                 r = add_embeddings(
                     g, model,
                     np.stack([x.embedding for x in pending]) if pending else np.zeros((0, int(ex.embedding_dim)), np.float32),
-                    [str(x.path) for x in pending], [file_sha256(x.path) for x in pending],
+                    [str(x.path) for x in pending], [hashes.get(x.path) or file_sha256(x.path) for x in pending],
                     np.array([x.low_confidence for x in pending], bool), ex.sha256, int(ex.embedding_dim), meta_d)
                 if r.total == 0:  # nothing readable for a new model: leave the gallery untouched
                     raise _no_images(model, failed)

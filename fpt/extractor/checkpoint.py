@@ -26,7 +26,7 @@ import torch
 from fpt.devices import autocast_context, select_device
 from fpt.errors import CheckpointError, ConfigError
 from fpt.extractor.net import FingerprintNet, build_net
-from fpt.storage import atomic_path
+from fpt.storage import atomic_path, file_sha256
 
 FORMAT = "fpt-extractor"
 FORMAT_VERSION = 1
@@ -81,14 +81,6 @@ def _digest(meta: dict, state_dict: dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 
