@@ -200,7 +200,12 @@ def split_models(model_ids: Sequence[str], *, holdout_frac: float = 0.15, holdou
 
 @dataclass
 class CropBank:
-    """Pre-decoded real crops (uint8, N x 3 x S x S) with the image each came from."""
+    """Pre-decoded real crops (uint8, N x 3 x S x S) with the image each came from.
+
+    Unlike :class:`fpt.synth.train.CropBank` (float crops for fitting synthetic models, small
+    images mirror-padded), this one keeps the source image of every crop, so validation can hold
+    out whole images, and skips images smaller than the crop.
+    """
 
     crops: torch.Tensor            # uint8 (N, 3, S, S)
     image_index: torch.Tensor      # int64 (N,) index into ``sources``
@@ -228,7 +233,7 @@ class CropBank:
         Smaller images (e.g. 28 px MNIST) are skipped rather than mirror-padded: padding would
         stamp an artificial periodic pattern on exactly the frequencies the extractor studies.
         """
-        from fpt.images import find_images, load_image
+        from fpt.images import find_images, load_image, random_crop
 
         files = find_images(paths)
         rng = np.random.default_rng(seed)
@@ -249,9 +254,7 @@ class CropBank:
             k = len(sources)
             sources.append(str(f))
             for _ in range(crops_per_image):
-                t = int(torch.randint(0, h - size + 1, (1,), generator=g))
-                l = int(torch.randint(0, w - size + 1, (1,), generator=g))
-                out.append((img[:, t : t + size, l : l + size] * 255.0).round().to(torch.uint8))
+                out.append((random_crop(img, size, g) * 255.0).round().to(torch.uint8))
                 idx.append(k)
         if not out:
             raise EmptyInputError(f"no real image is at least {size} x {size} px", path=paths if isinstance(paths, (str, Path)) else None,
