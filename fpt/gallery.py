@@ -27,7 +27,7 @@ import csv
 import datetime as _dt
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,4 +427,3 @@ def parse_meta(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-ProgressFn = Callable[[int], None]

@@ -180,11 +180,6 @@ class FingerprintNet(nn.Module):
     def set_normalisation(self, mean: float, std: float) -> None:
         self.transform.mean, self.transform.std = float(mean), float(std)
 
-    def drop_classifier(self) -> None:
-        """Remove the training-only classification head (shipped extractors do not need it)."""
-        self.classifier = None
-        self._config["num_classes"] = 0
-
     def spectrum(self, crops: torch.Tensor) -> torch.Tensor:
         """Frozen preprocessing (no gradient): crops -> normalised log-magnitude spectra."""
         with torch.no_grad():

@@ -34,7 +34,7 @@ from fpt.errors import ConfigError, StoreError
 from fpt.storage import atomic_path, init_store, open_store, store_lock
 from fpt.synth.nets import build_model, fingerprint
 from fpt.synth.space import ArchSpec, parse_arch_id
-from fpt.synth.train import ModelRecord, load_state, split_model_id
+from fpt.synth.train import ModelRecord, load_state
 
 POOL_KIND = "pool"
 PART_KIND = "pool-part"
@@ -327,11 +327,6 @@ def merge_pools(out: str | Path, inputs: list[str | Path], *, force: bool = Fals
                         arch = models.require_group(mid.split("/")[0])
                         src.copy(src["models"][mid], arch, name=mid.split("/")[1])
     return sorted(seen)
-
-
-def check_model_id(mid: str) -> str:
-    split_model_id(mid)
-    return mid
 
 
 # ------------------------------------------------------------------------------ building

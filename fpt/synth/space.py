@@ -40,7 +40,6 @@ A_VALUES = ("none", "relu", "sigmoid", "tanh")
 N_VALUES = ("none", "bn", "in")
 GRID_DEPTHS = (3, 4, 5)
 
-FACTOR_NAMES = ("K", "L", "S", "U", "A", "N")
 
 _FD_RE = re.compile(
     r"^K(?P<K>\d+)-L(?P<L>\d+)-(?P<S>[a-z]+)-(?P<U>[a-z]+)-(?P<A>[a-z]+)-(?P<N>[a-z]+)$"

@@ -167,10 +167,6 @@ class CropBank:
 # ------------------------------------------------------------------------------ training
 
 
-def _set_train_mode(model: nn.Module, train: bool) -> None:
-    model.train(train)
-
-
 def train_one(spec: ArchSpec, seed: int, bank: CropBank, cfg: TrainConfig = TrainConfig(),
               device: torch.device | str = "cpu") -> tuple[dict[str, np.ndarray], ModelRecord]:
     """Train one model; returns (state dict as float32 numpy arrays, record)."""
