@@ -228,6 +228,12 @@ def test_cli_train_writes_loadable_extractor(tmp_path, photo_dir):
     assert "auc" in ex.config["validation"] and "auc" in ex.config["baseline"]
     assert len(ex.config["heldout_archs"]) == 2
     assert ex.net.classifier is None  # the training-only head is not shipped
+    # the whitening is fitted on training models and judged on held-out ones, with and without it
+    assert ex.whitening is not None
+    assert set(ex.config["validation_whitening"]) >= {"plain", "whitened"}
+    b = tmp_path / "b" / "ex.pt"
+    assert main(_args(photo_dir, b, 4) + ["--whiten-models", "0"]) == 0
+    assert load_extractor(b, "cpu").whitening is None
 
 
 class _Interrupting(ToySource):

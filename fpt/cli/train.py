@@ -58,6 +58,8 @@ def register(app: typer.Typer) -> None:
         denoiser: Optional[Path] = typer.Option(None, "--denoiser", help="Denoiser weights (default: the shipped ones)."),
         grey: Optional[bool] = typer.Option(None, "--grey/--rgb", help="Luma spectrum instead of per-channel RGB."),
         windows: Optional[int] = typer.Option(None, "--windows", help="n for the n x n inference window grid stored in the checkpoint."),
+        whiten_models: Optional[int] = typer.Option(None, "--whiten-models", help="Training models that fit the fingerprint whitening stored in the checkpoint (0: no whitening)."),
+        whiten_shrinkage: Optional[float] = typer.Option(None, "--whiten-shrinkage", help="Shrinkage of the whitening's within-model covariance (relative to its mean eigenvalue)."),
         seed: Optional[int] = typer.Option(None, "--seed"),
         holdout_frac: Optional[float] = typer.Option(None, "--holdout-frac", help="Fraction of architectures held out for validation."),
         holdout_archs: Optional[str] = typer.Option(None, "--holdout-archs", help="fnmatch pattern of held-out architecture ids (overrides --holdout-frac)."),
@@ -91,6 +93,7 @@ def register(app: typer.Typer) -> None:
                      ce_weight=ce_weight, triplet_weight=triplet_weight, margin=margin, backbone=backbone,
                      width=width, stem=stem, embedding_dim=embedding_dim, embed_from=embed_from, crop_size=crop_size, residual=residual,
                      denoiser=str(denoiser) if denoiser else None, grey=grey, windows=windows, seed=seed,
+                     whiten_models=whiten_models, whiten_shrinkage=whiten_shrinkage,
                      holdout_frac=holdout_frac, holdout_pattern=holdout_archs, val_every=val_every,
                      ckpt_every=ckpt_every, crops_per_image=crops_per_image, max_images=max_images,
                      aug_jpeg_p=aug_jpeg, jpeg_quality=_range(jpeg_quality, int, "--jpeg-quality"),
@@ -120,6 +123,7 @@ def register(app: typer.Typer) -> None:
                    "wall_s": round(result.wall_s, 1), "images_per_s": round(result.images_per_s, 1),
                    "train_models": result.n_train_models, "heldout_models": result.n_val_models,
                    "embedding": result.embed_from, "heldout": result.chosen, "heldout_all": result.final,
+                   "heldout_images": result.unwhitened, "heldout_images_whitened": result.whitened,
                    "baseline_azimuthal": result.baseline, "history": result.history}
         if json_out:
             typer.echo(json.dumps(summary, indent=2))
@@ -129,10 +133,14 @@ def register(app: typer.Typer) -> None:
 
         t = Table(title=f"fpt train: {result.out}  (sha256 {result.sha256[:12]})")
         t.add_column("held-out architectures")
-        t.add_column(f"extractor ({result.embed_from})", justify="right")
-        t.add_column("azimuthal-integral baseline", justify="right")
+        t.add_column(f"crops: extractor ({result.embed_from})", justify="right")
+        t.add_column("crops: azimuthal-integral baseline", justify="right")
+        if result.whitened:
+            t.add_column("whole images: extractor", justify="right")
+            t.add_column("whole images: + whitening (saved)", justify="right")
         for key, label in (("auc", "verification AUC (N_S=1)"), ("id_acc_10shot", "10-shot identification acc")):
-            t.add_row(label, _fmt(result.chosen.get(key, "-")), _fmt(result.baseline.get(key, "-")))
+            w = [_fmt(result.unwhitened.get(key, "-")), _fmt(result.whitened.get(key, "-"))] if result.whitened else []
+            t.add_row(label, _fmt(result.chosen.get(key, "-")), _fmt(result.baseline.get(key, "-")), *w)
         c = Console()
         c.print(t)
         c.print(f"{result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s); "

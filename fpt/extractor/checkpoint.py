@@ -7,7 +7,8 @@ so no pickled code is ever executed)::
      "preprocessing": {...},   # Preprocessing as a dict: what inference must reproduce
      "net": {...},             # FingerprintNet constructor config
      "config": {...},          # training config, seed, data description (JSON-able)
-     "state_dict": {name: tensor},   # fp16 or fp32; the learned denoiser travels inside it
+     "state_dict": {name: tensor},   # fp16 or fp32; the learned denoiser travels inside it, and
+                                     # the fingerprint whitening as fp32 "whitening.*" tensors
      "digest": "sha256 hex"}   # over the canonical JSON of the above and every tensor's bytes
 
 The embedded digest catches edits of the weights or the config (a tampered file is refused); the
@@ -26,6 +27,8 @@ import torch
 from fpt.devices import autocast_context, select_device
 from fpt.errors import CheckpointError, ConfigError
 from fpt.extractor.net import FingerprintNet, build_net
+from fpt.extractor.whitening import PREFIX as WHITENING_PREFIX
+from fpt.extractor.whitening import Whitening
 from fpt.storage import atomic_path, file_sha256
 
 FORMAT = "fpt-extractor"
@@ -85,11 +88,11 @@ def _digest(meta: dict, state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def save_extractor(path: str | Path, net: FingerprintNet, preprocessing: Preprocessing | None = None,
-                   config: dict | None = None, *, half: bool = False) -> str:
-    """Write ``net`` (+ preprocessing + training config) atomically; return the file's sha256.
+                   config: dict | None = None, *, half: bool = False, whitening: Whitening | None = None) -> str:
+    """Write ``net`` (+ preprocessing + training config + whitening) atomically; return the file's sha256.
 
-    ``half`` stores floating tensors as fp16 (shipped weights: half the size, no measurable
-    change in embeddings); they are loaded back as fp32.
+    ``half`` stores the network's floating tensors as fp16 (shipped weights: half the size, no
+    measurable change in embeddings); they are loaded back as fp32.
     """
     preprocessing = preprocessing or preprocessing_for(net)
     if preprocessing.crop_size != net.config["crop_size"] or preprocessing.residual != net.config["residual"]:
@@ -97,6 +100,8 @@ def save_extractor(path: str | Path, net: FingerprintNet, preprocessing: Preproc
     sd = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     if half:
         sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    if whitening is not None:
+        sd.update(whitening.state())
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "preprocessing": asdict(preprocessing),
             "net": net.config, "config": config or {}}
     # JSON round trip: plain dict / list / str / number only (str subclasses such as
@@ -147,8 +152,9 @@ class Extractor:
     """A loaded extractor, ready for inference (eval mode, no grad, AMP on CUDA)."""
 
     def __init__(self, net: FingerprintNet, preprocessing: Preprocessing, config: dict, sha256: str,
-                 device: torch.device, path: Path | None = None) -> None:
+                 device: torch.device, path: Path | None = None, whitening: Whitening | None = None) -> None:
         self.net = net.to(device).eval()
+        self.whitening = whitening  # applied per image by fpt.extractor.embed
         self.preprocessing = preprocessing
         self.config = config
         self.sha256 = sha256
@@ -181,7 +187,7 @@ class Extractor:
     def __repr__(self) -> str:
         p = self.preprocessing
         return (f"Extractor({self.net.config['backbone']} x{self.net.config['width']}, residual={p.residual}, "
-                f"crop={p.crop_size}, D={self.embedding_dim}, sha256={self.short_id}, device={self.device})")
+                f"crop={p.crop_size}, D={self.embedding_dim}, whitened={self.whitening is not None}, sha256={self.short_id}, device={self.device})")
 
 
 def load_extractor(path: str | Path | None = None, device: str | torch.device = "auto") -> Extractor:
@@ -194,12 +200,14 @@ def load_extractor(path: str | Path | None = None, device: str | torch.device = 
     dev = device if isinstance(device, torch.device) else select_device(device)
     try:
         net = build_net(**blob["net"])
-        sd = {k: (v.float() if v.is_floating_point() else v) for k, v in blob["state_dict"].items()}
+        sd = {k: (v.float() if v.is_floating_point() else v) for k, v in blob["state_dict"].items()
+              if not k.startswith(WHITENING_PREFIX)}
         net.load_state_dict(sd)
+        whitening = Whitening.from_state(blob["state_dict"])
     except (ConfigError, RuntimeError, TypeError) as exc:
         raise CheckpointError(f"checkpoint does not fit its own network config: {str(exc)[:200]}", path=path) from None
     pre = Preprocessing.from_dict(blob["preprocessing"])
-    return Extractor(net, pre, blob["config"], file_sha256(path), dev, path)
+    return Extractor(net, pre, blob["config"], file_sha256(path), dev, path, whitening)
 
 
 # ------------------------------------------------------------------ training state (for --resume)

@@ -6,8 +6,9 @@ Policy (paper 001 Table VII, with the authors' crash fixed):
   from the extractor checkpoint's preprocessing record, default 3 x 3 of the training crop), the
   windows spread evenly from edge to edge (:func:`fpt.images.window_offsets`), so any size works,
   including ``crop_size + 1``.
-- The window embeddings (each L2-normalised) are averaged and re-normalised: one unit vector per
-  image.
+- The window embeddings (each L2-normalised) are averaged and re-normalised, then passed through
+  the checkpoint's fingerprint whitening when it has one (:mod:`fpt.extractor.whitening`): one
+  unit vector per image.
 - Images smaller than a window on either side are mirror-padded (:func:`fpt.images.pad_to_min_size`)
   and flagged ``low_confidence``: padding repeats the image's own content and spectrum, so their
   fingerprints are less reliable. Every output carries the flag.
@@ -39,6 +40,8 @@ class ExtractorLike(Protocol):
     def preprocessing(self): ...  # has .crop_size and .windows
 
     def embed_crops(self, crops: torch.Tensor) -> torch.Tensor: ...
+
+    # optional: ``whitening`` (fpt.extractor.whitening.Whitening or None), applied per image
 
 
 @dataclass
@@ -90,6 +93,7 @@ class WindowBatcher:
     size: int
     n: int
     batch_size: int = 64
+    whiten: bool = True
     _crops: list[torch.Tensor] = field(default_factory=list)
     _n_buffered: int = 0
     _pending: list[_Pending] = field(default_factory=list)
@@ -128,15 +132,22 @@ class WindowBatcher:
             mine, left = allo[: p.n_crops], allo[p.n_crops:]
             self._outputs = [left] if left.shape[0] else []
             have -= p.n_crops
-            done.append((p.item, _normalise(_normalise(mine).mean(axis=0)), p.low_conf, p.hw))
+            done.append((p.item, self._finish(_normalise(_normalise(mine).mean(axis=0))), p.low_conf, p.hw))
         return done
+
+    def _finish(self, emb: np.ndarray) -> np.ndarray:
+        wh = getattr(self.ex, "whitening", None) if self.whiten else None
+        return wh.apply(emb) if wh is not None else emb
 
 
 def embed_tensors(ex: ExtractorLike, images: Sequence[torch.Tensor], *, windows: int | None = None,
-                  batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Embed in-memory images (each (3, H, W) in [0, 1]) -> ``(emb (n, D) float32, low_conf (n,) bool)``."""
+                  batch_size: int = 64, whiten: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Embed in-memory images (each (3, H, W) in [0, 1]) -> ``(emb (n, D) float32, low_conf (n,) bool)``.
+
+    ``whiten=False`` skips the checkpoint's whitening (used to fit it).
+    """
     size, n = window_grid(ex, windows)
-    b = WindowBatcher(ex, size, n, batch_size)
+    b = WindowBatcher(ex, size, n, batch_size, whiten)
     got: dict[int, tuple[np.ndarray, bool]] = {}
     for i, img in enumerate(images):
         for item, e, low, _ in b.add(i, img):

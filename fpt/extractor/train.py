@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from fpt.devices import autocast_context, select_device
 from fpt.errors import CheckpointError, ConfigError
-from fpt.extractor.checkpoint import (load_train_state, preprocessing_for, save_extractor,
+from fpt.extractor.checkpoint import (Extractor, load_train_state, preprocessing_for, save_extractor,
                                       save_train_state)
 from fpt.extractor.data import (Augment, CropBank, FingerprintStream, ModelSource, MultiSource, PoolSource, ToySource,
                                 fingerprinted_set, split_models, stable_seed)
@@ -60,6 +60,11 @@ class TrainConfig:
     denoiser: str | None = None          # path to denoiser weights (default: shipped)
     grey: bool = False
     windows: int = 3
+    whiten_models: int = 120             # training models that fit the fingerprint whitening (0 = none)
+    whiten_images: int = 12              # photos per model for it
+    whiten_photos: int = 300             # real photos decoded for it (training images only)
+    whiten_size: int = 256               # ... centre-cropped to at most this many px
+    whiten_shrinkage: float = 0.01       # chosen on held-out architectures (fpt/extractor/whitening.py)
     seed: int = 0
     holdout_frac: float = 0.15
     holdout_pattern: str | None = None
@@ -99,6 +104,8 @@ class TrainConfig:
         for name in ("aug_jpeg_p", "aug_rrc_p", "aug_blur_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a probability in [0, 1]")
+        if self.whiten_models < 0 or self.whiten_shrinkage <= 0:
+            raise ConfigError("--whiten-models must be >= 0 and --whiten-shrinkage positive")
         if self.ce_weight < 0 or self.triplet_weight < 0 or self.ce_weight + self.triplet_weight == 0:
             raise ConfigError("loss weights must be >= 0 and not both 0")
 
@@ -110,7 +117,7 @@ PRESETS: dict[str, dict] = {
     # (2 CPU processes x 1 thread; P x K = 16 x 4 per process). The real pool is photos only:
     # MNIST (28 px) is skipped automatically as smaller than the crop.
     "default": dict(pool="runs/pool-default.h5", images=["../shared/data/real/imagenet-sample", "../shared/data/real/cbsd68"],
-                    out="fpt/weights/extractor.pt", steps=1000, P=16, K=4, lr=2e-3, warmup=50, schedule="cosine",
+                    out="fpt/weights/extractor.pt", steps=3000, P=16, K=4, lr=2e-3, warmup=50, schedule="cosine",
                     backbone="resnet18", width=0.25, crop_size=64, residual="highpass", seed=0, holdout_frac=0.15,
                     val_every=100, ckpt_every=100, crops_per_image=6, aug_jpeg_p=0.2, jpeg_quality=(75, 100),
                     aug_rrc_p=0.1, aug_blur_p=0.1),
@@ -133,6 +140,8 @@ class TrainResult:
     n_val_models: int
     net: FingerprintNet | None = None   # the trained network (with its classification head)
     embed_from: str = "projection"      # which embedding the saved extractor uses
+    whitened: dict = field(default_factory=dict)  # held-out archs, whole images: saved extractor with whitening
+    unwhitened: dict = field(default_factory=dict)  # ... and without it
 
     @property
     def chosen(self) -> dict:
@@ -298,7 +307,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    start, history, wall_before = 0, [], 0.0
+    start, history, wall_before, prior_rate = 0, [], 0.0, None
     spath = state_path_for(cfg.out)
     if resume:
         if not spath.exists():
@@ -311,6 +320,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["optimizer"])
         start, history, wall_before = int(st["step"]), list(st["history"]), float(st["wall_s"])
+        prior_rate = st.get("images_per_s")
         if is_main:
             log(f"resuming from step {start} ({spath})")
     else:
@@ -347,7 +357,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         save_train_state(spath, {"step": step, "net": net.state_dict(), "optimizer": opt.state_dict(),
                                  "history": history, "wall_s": wall,
                                  "train_ids": train_ids, "spec_mean": net.transform.mean,
-                                 "spec_std": net.transform.std, "config": _cfg_json(cfg)})
+                                 "spec_std": net.transform.std, "config": _cfg_json(cfg),
+                                 "images_per_s": rate_so_far()})
 
     progress = None
     if is_main and show_progress:
@@ -362,6 +373,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
     net.train()
     t0 = time.perf_counter()
     seen = 0
+
+    def rate_so_far() -> float | None:
+        # a resumed run that trains no further keeps the rate it was measured at
+        return round(seen / max(1e-9, time.perf_counter() - t0), 1) if seen else prior_rate
+
     ema = None
     done = start
     try:
@@ -415,7 +431,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         if progress is not None:
             progress.stop()
     wall = wall_before + time.perf_counter() - t0
-    rate = seen / max(1e-9, time.perf_counter() - t0)
+    rate = rate_so_far()
 
     result = None
     if is_main:
@@ -431,19 +447,76 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
             embed_from = "features" if final.get("feat_auc", -1) > final.get("auc", 0) else "projection"
         shipped = build_net(**dict(net.config, num_classes=0, embed_from=embed_from))
         sd = {k: v for k, v in net.state_dict().items() if not k.startswith("classifier.")}
+        if cfg.half:  # fit the whitening on exactly the weights inference will load
+            sd = {k: (v.half().float() if v.is_floating_point() else v) for k, v in sd.items()}
         shipped.load_state_dict(sd)
+        whitening, whitened = None, {}
+        if cfg.whiten_models > 0:
+            ex = Extractor(shipped, preprocessing_for(shipped, cfg.windows), {}, "", device)
+            whitening = fit_checkpoint_whitening(cfg, ex, source, train_ids, train_bank)
+            if val_ids:
+                whitened = heldout_image_validation(cfg, ex, whitening, source, val_ids, val_bank)
+                log("held-out archs, whole images (as users embed them), without / with whitening: "
+                    + json.dumps(whitened))
         meta = _cfg_json(cfg)
         meta.update(embedding=embed_from, steps_done=done, train_models=len(train_ids), heldout_archs=sorted({i.split("/")[0] for i in val_ids}),
-                    real_images=len(bank.sources), wall_s=round(wall, 1), images_per_s=round(rate, 1),
-                    world_size=world, validation=final, baseline=baseline, torch=str(torch.__version__),
+                    real_images=len(bank.sources), wall_s=round(wall, 1), images_per_s=rate,
+                    world_size=world, validation=final, validation_whitening=whitened, baseline=baseline,
+                    torch=str(torch.__version__),
                     source=getattr(source, "describe", lambda: {})())
-        sha = save_extractor(cfg.out, shipped, preprocessing_for(shipped, cfg.windows), meta, half=cfg.half)
-        result = TrainResult(Path(cfg.out), sha, done, wall, rate, history, final, baseline,
-                             len(train_ids), len(val_ids), net if return_net else None, embed_from)
+        sha = save_extractor(cfg.out, shipped, preprocessing_for(shipped, cfg.windows), meta, half=cfg.half,
+                             whitening=whitening)
+        result = TrainResult(Path(cfg.out), sha, done, wall, rate or 0.0, history, final, baseline,
+                             len(train_ids), len(val_ids), net if return_net else None, embed_from,
+                             whitened.get("whitened", {}), whitened.get("plain", {}))
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
     return result
+
+
+def _photos_of(cfg: TrainConfig, bank: CropBank) -> list[torch.Tensor]:
+    """Up to ``whiten_photos`` of ``bank``'s source photos as whole images (centre crops of up to
+    ``whiten_size`` px); banks built in memory (tests) have no files, so their crops stand in."""
+    from fpt.extractor.whitening import whitening_photos
+
+    used = sorted({int(i) for i in bank.image_index.tolist()})
+    paths = [bank.sources[i] for i in used if i < len(bank.sources)]
+    photos = whitening_photos(paths, n=cfg.whiten_photos, side=cfg.whiten_size, min_side=cfg.crop_size, seed=cfg.seed)
+    if len(photos) < 2:
+        photos = list(bank.get(torch.arange(min(len(bank), cfg.whiten_photos))))
+    return photos
+
+
+def heldout_image_validation(cfg: TrainConfig, ex: Extractor, whitening, source: ModelSource, val_ids: list[str],
+                             val_bank: CropBank, images_per_model: int = 20) -> dict:
+    """Held-out architectures on held-out photos at full size, embedded as ``fpt`` embeds files
+    (n x n windows averaged), without and with the whitening: {"plain": {...}, "whitened": {...}}."""
+    from fpt.extractor.whitening import training_model_embeddings
+
+    photos = _photos_of(cfg, val_bank)
+    emb, labels = training_model_embeddings(ex, source, val_ids, photos, images_per_model=images_per_model,
+                                            seed=stable_seed("heldout-images", cfg.seed))
+    return {"plain": verification_and_identification(emb, labels, seed=cfg.seed),
+            "whitened": verification_and_identification(whitening.apply(emb), labels, seed=cfg.seed),
+            "images_per_model": int(min(images_per_model, len(photos))), "photos": len(photos)}
+
+
+def fit_checkpoint_whitening(cfg: TrainConfig, ex: Extractor, source: ModelSource, train_ids: list[str],
+                             train_bank: CropBank):
+    """Fit the fingerprint whitening on training models only, over training photos only.
+
+    Photos are the training split's source files, whole (see :func:`_photos_of`), like the images
+    users embed.
+    """
+    from fpt.extractor.whitening import fit_whitening, training_model_embeddings
+
+    photos = _photos_of(cfg, train_bank)
+    rng = np.random.default_rng(stable_seed("whiten-models", cfg.seed))
+    pick = sorted(rng.choice(len(train_ids), min(cfg.whiten_models, len(train_ids)), replace=False).tolist())
+    emb, labels = training_model_embeddings(ex, source, [train_ids[i] for i in pick], photos,
+                                            images_per_model=cfg.whiten_images, seed=cfg.seed)
+    return fit_whitening(emb, labels, cfg.whiten_shrinkage)
 
 
 def _cfg_json(cfg: TrainConfig) -> dict:
