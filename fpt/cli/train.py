@@ -23,6 +23,12 @@ def _range(text: str | None, cast, what: str):
     return (lo, hi)
 
 
+def _rounded(v):
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items() if k != "lr"}
+    return round(v, 4) if isinstance(v, float) else v
+
+
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
@@ -191,7 +197,7 @@ def register(app: typer.Typer) -> None:
         ex = load_extractor(path, device="cpu")
         info = {"path": str(ex.path), "sha256": ex.sha256, "embedding_dim": ex.embedding_dim,
                 "network": {k: v for k, v in ex.net.config.items() if k not in ("spec_mean", "spec_std")},
-                "preprocessing": asdict(ex.preprocessing), "training": ex.config}
+                "preprocessing": asdict(ex.preprocessing), "whitening": ex.whitening is not None, "training": ex.config}
         if json_out:
             typer.echo(json.dumps(info, indent=2))
             return
@@ -209,16 +215,18 @@ def register(app: typer.Typer) -> None:
         t.add_row("preprocessing", f"{p.residual} residual -> {'luma' if p.grey else 'per-channel RGB'} {p.spectrum} DFT, "
                   f"{p.crop_size}px crops, {p.windows}x{p.windows} windows")
         c = ex.config
+        t.add_row("whitening", (f"yes: within-model covariance of {c.get('whiten_models', '?')} training models, "
+                                f"shrinkage {c.get('whiten_shrinkage', '?')}") if ex.whitening is not None else "none")
         if c.get("untrained"):
             t.add_row("training", "UNTRAINED placeholder")
         else:
             for key in ("preset", "pool", "residual", "steps_done", "P", "K", "lr", "seed", "world_size", "wall_s",
-                        "train_models", "heldout_archs", "validation", "baseline"):
+                        "train_models", "heldout_archs", "validation", "baseline", "validation_whitening"):
                 if key == "heldout_archs" and key in c:
                     t.add_row("held-out archs", f"{len(c[key])} architectures (validation only)")
                 elif key in c:
                     v = c[key]
-                    if isinstance(v, dict):
-                        v = {k: (round(x, 4) if isinstance(x, float) else x) for k, x in v.items() if k != "lr"}
-                    t.add_row(key, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+                    if key == "validation_whitening":
+                        key = "whole images"  # held-out archs on held-out photos, without / with whitening
+                    t.add_row(key, json.dumps(_rounded(v)) if isinstance(v, (dict, list)) else str(v))
         Console().print(t)
