@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fpt.extractor.checkpoint import load_extractor
     from fpt.extractor.embed import ImageEmbedding, iter_embeddings
-    from fpt.gallery import Gallery, add_embeddings, calibrate, file_sha256, save_gallery
+    from fpt.gallery import Gallery, add_embeddings, calibrate, save_gallery
+    from fpt.storage import file_sha256
     from fpt.synth.nets import fingerprint
 
     work = Path(tempfile.mkdtemp(prefix="fpt-demo-"))
