@@ -27,11 +27,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from fpt.metrics.attribution import l2_normalise
+
 PREFIX = "whitening."
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 @dataclass(frozen=True)
@@ -41,8 +39,8 @@ class Whitening:
 
     def apply(self, emb: np.ndarray) -> np.ndarray:
         """(..., D) embeddings -> whitened, L2-normalised fingerprints (float32)."""
-        x = _normalise(np.asarray(emb, np.float64))
-        return _normalise((x - self.mean) @ self.matrix).astype(np.float32)
+        x = l2_normalise(np.asarray(emb, np.float64))
+        return l2_normalise((x - self.mean) @ self.matrix).astype(np.float32)
 
     def state(self) -> dict[str, torch.Tensor]:
         """Tensors for the checkpoint (kept fp32 even in fp16 checkpoints: W has a wide range)."""
@@ -62,7 +60,7 @@ def fit_whitening(emb: np.ndarray, labels: Sequence, shrinkage: float = 0.01) ->
     ``shrinkage`` (relative to the mean eigenvalue) keeps directions with almost no within-class
     variance from being blown up. Needs at least 2 classes with 2+ samples each.
     """
-    x = _normalise(np.asarray(emb, np.float64))
+    x = l2_normalise(np.asarray(emb, np.float64))
     labels = np.asarray(labels)
     classes, counts = np.unique(labels, return_counts=True)
     if np.sum(counts >= 2) < 2:
