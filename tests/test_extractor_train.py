@@ -89,6 +89,20 @@ def test_split_holds_out_whole_architectures_not_seeds():
         split_models(ids, holdout_pattern="nothing-matches")
 
 
+def test_adding_extension_archs_keeps_the_held_out_paper_archs():
+    from fpt.synth.space import fd_space
+
+    arch = lambda m: m.split("/")[0]  # noqa: E731
+    paper = [f"{a.id}/s000" for a in fd_space()] + ["grid-D3/s000"]
+    k3 = [f"{a.id}/s000" for a in fd_space((3,))]
+    _, val_paper = split_models(paper, holdout_frac=0.15, seed=0)
+    _, val_both = split_models(paper + k3, holdout_frac=0.15, seed=0)
+    held_paper = {arch(m) for m in val_paper}
+    held_k3 = {arch(m) for m in val_both} - held_paper
+    assert held_paper <= {arch(m) for m in val_both} and len(held_paper) == round(0.15 * 288)
+    assert all(a.startswith("K3-") for a in held_k3) and len(held_k3) == round(0.15 * 144)
+
+
 def test_bank_split_is_by_source_image():
     bank = _bank(n_images=20, per=3)
     tr, va = bank.split(0.25, seed=0)

@@ -21,7 +21,7 @@ def test_fd_space_has_288_unique_archs_and_ids_round_trip():
     assert parse_arch_id("grid-D4/s003").depth == 4  # model ids parse to their arch
 
 
-@pytest.mark.parametrize("bad", ["K3-L1-post-deconv-relu-bn", "K1-L1-post-bicubic-relu-bn", "grid", "", "grid-Dx"])
+@pytest.mark.parametrize("bad", ["K4-L1-post-deconv-relu-bn", "K1-L1-post-bicubic-relu-bn", "grid", "", "grid-Dx"])
 def test_bad_ids_are_config_errors(bad):
     with pytest.raises(ConfigError):
         parse_arch_id(bad)
@@ -72,3 +72,22 @@ def test_grid_fingerprint_adds_noise_to_crops_and_is_seeded():
 def test_even_kernel_rejected():
     with pytest.raises(ConfigError):
         build_model(fd_space()[0], kernel=4)
+
+
+def test_k3_extension_is_opt_in_and_keeps_shapes():
+    from fpt.synth.space import is_paper_space
+
+    extended = fd_space((1, 2, 3))
+    assert len(extended) == 432 and extended[:288] == fd_space()  # the paper's 288 come first, unchanged
+    assert len(select_archs("K3-*", blocks=(1, 2, 3))) == 144
+    with pytest.raises(ConfigError):
+        select_archs("K3-*")  # not in the default (paper) space
+    with pytest.raises(ConfigError):
+        fd_space((1, 4))
+    k3 = parse_arch_id("K3-L2-pre-nearest-relu-in")
+    assert k3.K == 3 and not is_paper_space(k3) and is_paper_space("K2-L2-pre-nearest-relu-in")
+    assert not is_paper_space("grid-D3")
+    m = build_model(k3, width=4).eval()
+    with torch.no_grad():  # any size: reflect-padded to a multiple of 8 and cropped back
+        assert m(torch.rand(2, 3, 37, 50)).shape == (2, 3, 37, 50)
+        assert m(torch.rand(1, 3, 64, 64)).shape == (1, 3, 64, 64)

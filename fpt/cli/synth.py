@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
         seeds: int = typer.Option(1, "--seeds", help="Seeds per FD architecture (paper: 20)."),
         seed_start: int = typer.Option(0, "--seed-start", help="First seed number."),
         arch: str = typer.Option("*", "--arch", help="FD architectures: fnmatch pattern(s), comma-separated, e.g. 'K1-*-deconv-*'; 'none' for no FD models."),
+        blocks: str = typer.Option("1,2", "--blocks", help="FD down/up block counts K (paper: 1,2; 3 adds x8 up-sampling stacks like latent-diffusion decoders)."),
         grid_depths: str = typer.Option("3,4,5", "--grid-depths", help="Grid generator depths, e.g. 3,4,5; 'none' for no grid models."),
         grid_seeds: int = typer.Option(1, "--grid-seeds", help="Seeds per grid depth (paper: 500)."),
         size: int = typer.Option(64, "--size", help="Training crop size in pixels (multiple of 4)."),
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
         dev = select_device(device)
         cfg = TrainConfig(size=size, width=width, kernel=kernel, batch=batch, lr=lr, max_steps=max_steps,
                           target=target, channels_last=channels_last)
-        fd_archs = [] if arch.strip().lower() == "none" else select_archs(arch)
+        fd_archs = [] if arch.strip().lower() == "none" else select_archs(arch, blocks=tuple(_parse_ints(blocks, "--blocks")))
         grid_archs = grid_space(_parse_ints(grid_depths, "--grid-depths"))
         jobs = plan_jobs(fd_archs, _seeds(seeds, seed_start), grid_archs, _seeds(grid_seeds, seed_start))
         i, n = parse_shard(shard)

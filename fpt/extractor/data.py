@@ -182,17 +182,36 @@ def split_models(model_ids: Sequence[str], *, holdout_frac: float = 0.15, holdou
             raise ConfigError(f"hold-out pattern '{holdout_pattern}' matches no architecture in the pool")
     else:
         cand = [a for a in archs if not a.startswith("grid")] or archs
-        rng = np.random.default_rng(seed)
-        n = int(round(holdout_frac * len(cand)))
-        if holdout_frac > 0:
-            n = max(n, 2) if len(cand) >= 4 else n
-        held = set(rng.permutation(cand)[:n].tolist()) if n else set()
+        # The paper's 288 and extension architectures (K = 3) are held out separately, so adding
+        # an extension to a pool leaves the held-out paper architectures (and their numbers) as
+        # they were.
+        paper = [a for a in cand if not _is_extension(a)]
+        extension = [a for a in cand if _is_extension(a)]
+        held = _seeded_fraction(paper, holdout_frac, np.random.default_rng(seed))
+        held |= _seeded_fraction(extension, holdout_frac, np.random.default_rng([seed, 1]))
     train = [m for m in model_ids if arch_of(m) not in held]
     val = [m for m in model_ids if arch_of(m) in held]
     if len({arch_of(m) for m in train}) < 2:
         raise ConfigError("fewer than 2 training architectures left after the hold-out",
                           hint="lower --holdout-frac or use a bigger pool")
     return train, val
+
+
+def _is_extension(arch: str) -> bool:
+    from fpt.synth.space import is_paper_space, parse_arch_id
+
+    try:
+        spec = parse_arch_id(arch)
+    except ConfigError:  # toy / foreign ids: treated like the paper's space
+        return False
+    return not spec.is_grid and not is_paper_space(spec)
+
+
+def _seeded_fraction(archs: list[str], frac: float, rng: np.random.Generator) -> set[str]:
+    n = int(round(frac * len(archs)))
+    if frac > 0 and archs:
+        n = max(n, 2) if len(archs) >= 4 else n
+    return set(rng.permutation(archs)[:n].tolist()) if n else set()
 
 
 # ------------------------------------------------------------------------- real crops

@@ -6,7 +6,7 @@ blocks and five per-block options:
 ====  ==========================================  ======================
 code  meaning                                     values (id token)
 ====  ==========================================  ======================
-K     down/up blocks                              1, 2        (K1, K2)
+K     down/up blocks                              1, 2        (K1, K2); 3 (K3) by request
 L     conv layers per up block                    1, 2        (L1, L2)
 S     order of norm/act w.r.t. the conv           post = conv-norm-act, pre = norm-act-conv
 U     upsampling                                  nearest, bilinear, deconv (stride-2 transposed conv)
@@ -15,6 +15,11 @@ N     normalisation                               none, bn (batch), in (instance
 ====  ==========================================  ======================
 
 2 x 2 x 2 x 3 x 4 x 3 = 288 architectures, id ``K2-L1-post-deconv-relu-bn``.
+
+Extension (not in the paper): K = 3, a x8 up-sampling stack like the f8 decoders of latent
+diffusion models, whose periodic traces (periods 8, 4, 2) the paper's K <= 2 models never leave.
+It is opt-in (``fd_space(blocks=(1, 2, 3))``, ``fpt synth --blocks 1,2,3``), so the paper's
+288-architecture space, its ablations and FFD tables are unchanged by default.
 
 Grid generators, paper 000 §4: noise-to-noise nets of D blocks (transposed conv then conv),
 D in {3, 4, 5}; id ``grid-D4``.
@@ -32,7 +37,8 @@ from fpt.errors import ConfigError
 FD_FAMILY = "fd"
 GRID_FAMILY = "grid"
 
-K_VALUES = (1, 2)
+K_VALUES = (1, 2)          # the paper's space
+EXTENDED_K_VALUES = (3,)   # opt-in extension
 L_VALUES = (1, 2)
 S_VALUES = ("post", "pre")
 U_VALUES = ("nearest", "bilinear", "deconv")
@@ -63,7 +69,7 @@ class ArchSpec:
     def __post_init__(self) -> None:
         if self.family == FD_FAMILY:
             for name, value, allowed in (
-                ("K", self.K, K_VALUES), ("L", self.L, L_VALUES), ("S", self.S, S_VALUES),
+                ("K", self.K, K_VALUES + EXTENDED_K_VALUES), ("L", self.L, L_VALUES), ("S", self.S, S_VALUES),
                 ("U", self.U, U_VALUES), ("A", self.A, A_VALUES), ("N", self.N, N_VALUES),
             ):
                 if value not in allowed:
@@ -103,12 +109,25 @@ def parse_arch_id(s: str) -> ArchSpec:
     )
 
 
-def fd_space() -> list[ArchSpec]:
-    """All 288 frequency-distribution architectures, in a fixed order."""
+def fd_space(blocks: tuple[int, ...] = K_VALUES) -> list[ArchSpec]:
+    """Frequency-distribution architectures with K in ``blocks``, in a fixed order.
+
+    The default is the paper's 288; each extra K value adds 144.
+    """
+    allowed = K_VALUES + EXTENDED_K_VALUES
+    bad = [k for k in blocks if k not in allowed]
+    if bad or not blocks:
+        raise ConfigError(f"block counts {list(blocks)} must be a non-empty subset of {list(allowed)}")
     return [
         ArchSpec(FD_FAMILY, K=k, L=l, S=s, U=u, A=a, N=n)
-        for k, l, s, u, a, n in itertools.product(K_VALUES, L_VALUES, S_VALUES, U_VALUES, A_VALUES, N_VALUES)
+        for k, l, s, u, a, n in itertools.product(sorted(set(blocks)), L_VALUES, S_VALUES, U_VALUES, A_VALUES, N_VALUES)
     ]
+
+
+def is_paper_space(arch: ArchSpec | str) -> bool:
+    """Whether an FD architecture is in the paper's 288 (False for grid generators and K = 3)."""
+    spec = parse_arch_id(arch) if isinstance(arch, str) else arch
+    return spec.family == FD_FAMILY and spec.K in K_VALUES
 
 
 def grid_space(depths=GRID_DEPTHS) -> list[ArchSpec]:
@@ -116,14 +135,15 @@ def grid_space(depths=GRID_DEPTHS) -> list[ArchSpec]:
     return [ArchSpec(GRID_FAMILY, depth=int(d)) for d in depths]
 
 
-def select_archs(pattern: str, *, include_grid: bool = False) -> list[ArchSpec]:
-    """FD architectures whose id matches any comma-separated fnmatch ``pattern`` ('*' = all).
+def select_archs(pattern: str, *, include_grid: bool = False,
+                 blocks: tuple[int, ...] = K_VALUES) -> list[ArchSpec]:
+    """FD architectures (K in ``blocks``) whose id matches any comma-separated fnmatch ``pattern``.
 
     With ``include_grid`` the default grid generators are candidates too. Raises ConfigError
     when nothing matches, so a typo in ``--arch`` is not a silent empty run.
     """
     pats = [p.strip() for p in (pattern or "*").split(",") if p.strip()] or ["*"]
-    candidates = fd_space() + (grid_space() if include_grid else [])
+    candidates = fd_space(blocks) + (grid_space() if include_grid else [])
     chosen = [a for a in candidates if any(fnmatch.fnmatchcase(a.id, p) for p in pats)]
     if not chosen:
         raise ConfigError(
