@@ -130,6 +130,8 @@ class MethodResult:
     id_accuracy: float | None = None
     id_macro_f1: float | None = None
     id_per_model: dict[str, float] = field(default_factory=dict)
+    # true model -> {predicted model: share of its probes}, pooled over the identification splits
+    id_confusion: dict[str, dict[str, float]] = field(default_factory=dict)
     open_auroc: float | None = None
     open_accuracy: float | None = None
     open_known_accuracy: float | None = None
@@ -216,6 +218,24 @@ def make_splits(labels: np.ndarray, *, seed: int, n_pairs: int, k_shot: int, rep
     return GroupSplits(labels, pairs, id_splits, open_splits, notes)
 
 
+def confusion_shares(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Row-normalised confusion: true model -> {predicted model: share of its probes}."""
+    out: dict[str, dict[str, float]] = {}
+    for t in sorted(set(y_true)):
+        preds = [p for tt, p in zip(y_true, y_pred) if tt == t]
+        out[t] = {p: preds.count(p) / len(preds) for p in sorted(set(preds))}
+    return out
+
+
+def most_confused_with(row: dict[str, float], model: str) -> tuple[str, float] | None:
+    """The wrong model a model's probes go to most often, with its share (None if never wrong)."""
+    wrong = [(share, p) for p, share in row.items() if p != model and share > 0]
+    if not wrong:
+        return None
+    share, p = max(wrong)
+    return p, share
+
+
 def _open_set_threshold(emb: np.ndarray, labels: np.ndarray, gal: np.ndarray, far: float) -> float:
     """The threshold ``fpt gallery calibrate`` would store for a gallery of these images."""
     from fpt.gallery import Gallery, ModelEntry, calibration_scores
@@ -245,14 +265,18 @@ def run_method(method: str, emb: np.ndarray, splits: GroupSplits, far: float = 0
             accuracy=M.accuracy_at_threshold(test_s, ts, t), oracle_accuracy=M.best_accuracy(test_s, ts)[0])
     if splits.id_splits:
         accs, f1s, per = [], [], {}
+        y_true, y_pred = [], []
         for split in splits.id_splits:
             r = M.identify_k_shot(emb, labels, split=split)
             accs.append(r.accuracy)
             f1s.append(r.macro_f1)
             for c, a in r.per_class_accuracy().items():
                 per.setdefault(str(c), []).append(a)
+            y_true += [str(c) for c in r.y_true]
+            y_pred += [str(c) for c in r.y_pred]
         res.id_accuracy, res.id_macro_f1 = float(np.mean(accs)), float(np.mean(f1s))
         res.id_per_model = {c: float(np.mean(v)) for c, v in per.items()}
+        res.id_confusion = confusion_shares(y_true, y_pred)
     if splits.open_splits:
         aurocs, accs, kaccs, urej = [], [], [], []
         for unk, gal, probe in splits.open_splits:
@@ -413,10 +437,18 @@ def summary_table(g: GroupResult, k_shot: int = 10) -> tuple[list[str], list[lis
 
 
 def per_model_rows(g: GroupResult) -> tuple[list[str], list[list]]:
-    cols = ["model", "images"] + [f"ID acc {m}" for m in g.methods]
+    """Per model: identification accuracy of every method, and what the first method mistakes it for."""
+    first = next(iter(g.methods))
+    cols = ["model", "images"] + [f"ID acc {m}" for m in g.methods] + [f"{first} mistakes it for"]
     prefix = g.group + "/"
-    rows = [[name[len(prefix):] if name.startswith(prefix) else name, g.counts[name]]
-            + [g.methods[m].id_per_model.get(name) for m in g.methods] for name in g.models]
+    short = lambda name: name[len(prefix):] if name.startswith(prefix) else name  # noqa: E731
+
+    def mistaken(name: str) -> str:
+        worst = most_confused_with(g.methods[first].id_confusion.get(name, {}), name)
+        return "-" if worst is None else f"{short(worst[0])} ({100 * worst[1]:.0f}%)"
+
+    rows = [[short(name), g.counts[name]] + [g.methods[m].id_per_model.get(name) for m in g.methods]
+            + [mistaken(name)] for name in g.models]
     return cols, rows
 
 
@@ -431,7 +463,8 @@ def to_json(res: EvalResult) -> dict:
                     "auc": v.auc, "eer": v.eer, "accuracy_at_calibrated_threshold": v.accuracy,
                     "calibrated_threshold": v.cal_threshold, "oracle_accuracy": v.oracle_accuracy,
                     "test_pairs": int(v.test_same.size)}) for n, v in r.verification.items()},
-                "identification": {"accuracy": r.id_accuracy, "macro_f1": r.id_macro_f1, "per_model": r.id_per_model},
+                "identification": {"accuracy": r.id_accuracy, "macro_f1": r.id_macro_f1, "per_model": r.id_per_model,
+                                   "confusion": r.id_confusion},
                 "open_set": {"auroc": r.open_auroc, "accuracy_at_calibrated_threshold": r.open_accuracy,
                              "known_accuracy": r.open_known_accuracy, "unknown_rejection": r.open_unknown_rejection},
                 "clustering": {"silhouette": r.silhouette, "davies_bouldin": r.davies_bouldin, "fd_ratio": r.fd_ratio},

@@ -82,9 +82,23 @@ def test_evaluate_all_methods_same_splits(root):
         # same pairs for every method
         np.testing.assert_array_equal(r.verification[1].test_same, f.verification[1].test_same)
     assert set(f.id_per_model) == {"model0", "model1", "model2", "model3"}
+    for m, r in main_g.methods.items():  # confusion rows are shares; the diagonal is the per-model accuracy
+        assert set(r.id_confusion) == set(r.id_per_model)
+        for name, row in r.id_confusion.items():
+            assert sum(row.values()) == pytest.approx(1.0)
+            assert row.get(name, 0.0) == pytest.approx(r.id_per_model[name])
     # 12 images a model: N_S=10 needs 20 per half -> skipped with a note, not a crash
     assert groups["cnnlike"].methods["fpt"].verification[10] is None
     assert any("N_S=10" in n for n in groups["cnnlike"].notes)
+
+
+def test_most_confused_with():
+    from fpt.evaluation import confusion_shares, most_confused_with
+
+    conf = confusion_shares(["a", "a", "a", "a", "b", "b"], ["a", "b", "c", "c", "b", "b"])
+    assert conf == {"a": {"a": 0.25, "b": 0.25, "c": 0.5}, "b": {"b": 1.0}}
+    assert most_confused_with(conf["a"], "a") == ("c", 0.5)
+    assert most_confused_with(conf["b"], "b") is None
 
 
 def test_eval_cli_json_and_figures(root, tmp_path, monkeypatch, capsys):
