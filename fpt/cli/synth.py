@@ -21,7 +21,7 @@ Ctrl-C. Split the work with `--shard i/n` and join with `fpt synth merge`.
 """
 
 
-def _parse_ints(text: str, what: str) -> list[int]:
+def _parse_ints(text: str, what: str, example: str = "3,4,5") -> list[int]:
     from fpt.errors import ConfigError
 
     text = (text or "").strip()
@@ -30,7 +30,7 @@ def _parse_ints(text: str, what: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise ConfigError(f"bad {what} {text!r}", hint="comma-separated integers, e.g. 3,4,5") from None
+        raise ConfigError(f"bad {what} {text!r}", hint=f"comma-separated integers, e.g. {example}") from None
 
 
 def _seeds(n: int, start: int) -> list[int]:
@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         dev = select_device(device)
         cfg = TrainConfig(size=size, width=width, kernel=kernel, batch=batch, lr=lr, max_steps=max_steps,
                           target=target, channels_last=channels_last)
-        fd_archs = [] if arch.strip().lower() == "none" else select_archs(arch, blocks=tuple(_parse_ints(blocks, "--blocks")))
+        fd_archs = [] if arch.strip().lower() == "none" else select_archs(arch, blocks=tuple(_parse_ints(blocks, "--blocks", "1,2,3")))
         grid_archs = grid_space(_parse_ints(grid_depths, "--grid-depths"))
         jobs = plan_jobs(fd_archs, _seeds(seeds, seed_start), grid_archs, _seeds(grid_seeds, seed_start))
         i, n = parse_shard(shard)
