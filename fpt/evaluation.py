@@ -220,11 +220,12 @@ def make_splits(labels: np.ndarray, *, seed: int, n_pairs: int, k_shot: int, rep
 
 def confusion_shares(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, dict[str, float]]:
     """Row-normalised confusion: true model -> {predicted model: share of its probes}."""
-    out: dict[str, dict[str, float]] = {}
-    for t in sorted(set(y_true)):
-        preds = [p for tt, p in zip(y_true, y_pred) if tt == t]
-        out[t] = {p: preds.count(p) / len(preds) for p in sorted(set(preds))}
-    return out
+    from collections import Counter
+
+    pairs = Counter(zip(y_true, y_pred))
+    totals = Counter(y_true)
+    return {t: {p: pairs[t, p] / totals[t] for p in sorted({p for tt, p in pairs if tt == t})}
+            for t in sorted(totals)}
 
 
 def most_confused_with(row: dict[str, float], model: str) -> tuple[str, float] | None:

@@ -450,9 +450,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
         if cfg.half:  # fit the whitening on exactly the weights inference will load
             sd = {k: (v.half().float() if v.is_floating_point() else v) for k, v in sd.items()}
         shipped.load_state_dict(sd)
+        preprocessing = preprocessing_for(shipped, cfg.windows)
         whitening, whitened = None, {}
         if cfg.whiten_models > 0:
-            ex = Extractor(shipped, preprocessing_for(shipped, cfg.windows), {}, "", device)
+            ex = Extractor(shipped, preprocessing, {}, "", device)
             whitening = fit_checkpoint_whitening(cfg, ex, source, train_ids, train_bank)
             if val_ids:
                 whitened = heldout_image_validation(cfg, ex, whitening, source, val_ids, val_bank)
@@ -464,7 +465,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
                     world_size=world, validation=final, validation_whitening=whitened, baseline=baseline,
                     torch=str(torch.__version__),
                     source=getattr(source, "describe", lambda: {})())
-        sha = save_extractor(cfg.out, shipped, preprocessing_for(shipped, cfg.windows), meta, half=cfg.half,
+        sha = save_extractor(cfg.out, shipped, preprocessing, meta, half=cfg.half,
                              whitening=whitening)
         result = TrainResult(Path(cfg.out), sha, done, wall, rate or 0.0, history, final, baseline,
                              len(train_ids), len(val_ids), net if return_net else None, embed_from,
