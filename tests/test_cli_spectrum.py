@@ -176,6 +176,7 @@ def test_bad_single_inputs(capsys, tmp_path, rng, make, expected):
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.startswith("fpt: error:")]
     assert len(lines) == 1 and expected in lines[0], err
+    assert err.count(expected.split(": ", 1)[1]) == 1, err  # said once: no 'skipped' warning echoing the error
     assert "Traceback" not in err and out == ""
 
 

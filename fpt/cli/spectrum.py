@@ -105,8 +105,9 @@ def register(app: typer.Typer) -> None:
 
         images = [r for _, g in results for r in g.images]
         failures = [f for _, g in results for f in g.failures]
-        for f in failures:
-            warn(f"skipped {f.reason}")
+        if images or len(failures) > 1:  # a lone failure is reported once, as the error below
+            for f in failures:
+                warn(f"skipped {f.reason}")
         if not images:
             if len(failures) == 1:
                 raise ImageError(failures[0].reason)
