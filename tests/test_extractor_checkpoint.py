@@ -102,6 +102,8 @@ class _Payload:
         return (os.system, ("touch PWNED_MARKER",))
 
 
+# torch warns about the raw pickle's protocol before refusing it; the refusal is what is tested.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickled_code_refused_without_executing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pt"
