@@ -442,7 +442,8 @@ def per_model_rows(g: GroupResult) -> tuple[list[str], list[list]]:
     first = next(iter(g.methods))
     cols = ["model", "images"] + [f"ID acc {m}" for m in g.methods] + [f"{first} mistakes it for"]
     prefix = g.group + "/"
-    short = lambda name: name[len(prefix):] if name.startswith(prefix) else name  # noqa: E731
+    def short(name: str) -> str:
+        return name[len(prefix):] if name.startswith(prefix) else name
 
     def mistaken(name: str) -> str:
         worst = most_confused_with(g.methods[first].id_confusion.get(name, {}), name)

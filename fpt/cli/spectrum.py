@@ -105,12 +105,11 @@ def register(app: typer.Typer) -> None:
 
         images = [r for _, g in results for r in g.images]
         failures = [f for _, g in results for f in g.failures]
-        if images or len(failures) > 1:  # a lone failure is reported once, as the error below
-            for f in failures:
-                warn(f"skipped {f.reason}")
+        if not images and len(failures) == 1:
+            raise ImageError(failures[0].reason)  # said once, as the error, not also as a warning
+        for f in failures:
+            warn(f"skipped {f.reason}")
         if not images:
-            if len(failures) == 1:
-                raise ImageError(failures[0].reason)
             raise ImageError(f"none of the {len(failures)} images could be read", hint=f"first failure: {failures[0].reason}")
         for p, g in results:
             if g.n_padded:

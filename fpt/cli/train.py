@@ -220,13 +220,14 @@ def register(app: typer.Typer) -> None:
         if c.get("untrained"):
             t.add_row("training", "UNTRAINED placeholder")
         else:
+            # validation_whitening: held-out archs on held-out photos, without / with whitening
+            labels = {"heldout_archs": "held-out archs", "validation_whitening": "whole images"}
             for key in ("preset", "pool", "residual", "steps_done", "P", "K", "lr", "seed", "world_size", "wall_s",
                         "train_models", "heldout_archs", "validation", "baseline", "validation_whitening"):
-                if key == "heldout_archs" and key in c:
-                    t.add_row("held-out archs", f"{len(c[key])} architectures (validation only)")
-                elif key in c:
-                    v = c[key]
-                    if key == "validation_whitening":
-                        key = "whole images"  # held-out archs on held-out photos, without / with whitening
-                    t.add_row(key, json.dumps(_rounded(v)) if isinstance(v, (dict, list)) else str(v))
+                if key not in c:
+                    continue
+                v = c[key]
+                if key == "heldout_archs":
+                    v = f"{len(v)} architectures (validation only)"
+                t.add_row(labels.get(key, key), json.dumps(_rounded(v)) if isinstance(v, (dict, list)) else str(v))
         Console().print(t)

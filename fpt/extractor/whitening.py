@@ -67,7 +67,8 @@ def fit_whitening(emb: np.ndarray, labels: Sequence, shrinkage: float = 0.01) ->
         raise ValueError("whitening needs 2+ classes with 2+ embeddings each")
     if shrinkage <= 0:
         raise ValueError("shrinkage must be positive")
-    centred = np.concatenate([x[labels == c] - x[labels == c].mean(axis=0) for c, n in zip(classes, counts) if n >= 2])
+    members = (x[labels == c] for c, n in zip(classes, counts) if n >= 2)
+    centred = np.concatenate([m - m.mean(axis=0) for m in members])
     s_w = centred.T @ centred / len(centred)
     d = s_w.shape[0]
     s_w += shrinkage * np.trace(s_w) / d * np.eye(d)
