@@ -12,7 +12,6 @@ from PIL import Image
 
 from fpt.errors import ConfigError, EmptyInputError, StoreError
 from fpt.manifold import (
-    ArtifactRepresentation,
     Manifold,
     Projector,
     SpaceSpec,
@@ -22,6 +21,7 @@ from fpt.manifold import (
     nearest_in_array,
 )
 from fpt.manifold.store import DEFAULT_CHUNK_ROWS
+from fpt.representations.artifact import ArtifactRepresentation
 
 
 def _write_images(folder, n, rng, size=(40, 48)):

@@ -297,7 +297,7 @@ def _representation(name: str, manifold: Path | None, device: str):
     if name in ("artifact-rgb", "artifact-freq", "artifact-feat"):
         if manifold is None:
             raise ConfigError(f"representation {name} needs --manifold", hint="build one with fpt manifold build")
-        from fpt.manifold.artifact import ArtifactRepresentation
+        from fpt.representations.artifact import ArtifactRepresentation
 
         rep = ArtifactRepresentation(manifold, name.split("-", 1)[1], device=device)
         return rep.embed_images, rep.name

@@ -3,19 +3,15 @@
 - :mod:`fpt.manifold.spaces` — the rgb / freq / feat embedding spaces and their preprocessing.
 - :mod:`fpt.manifold.store`  — the HDF5 manifold file (reading) and exact chunked L2 search.
 - :mod:`fpt.manifold.build`  — streaming build from image folders, or from precomputed rows.
-- :mod:`fpt.manifold.artifact` — projection x -> x*, artifact a(x) = x - x*, figures, and
-  :class:`ArtifactRepresentation` for ``fpt eval``.
+- :mod:`fpt.manifold.artifact` — projection x -> x*, artifact a(x) = x - x*, figures.
 - :mod:`fpt.manifold.analysis` — FDR / NMI / silhouette / Davies-Bouldin of fingerprint
   embeddings, NMI by design factor (``fpt analyse``).
+
+Artifacts as representations for ``fpt eval`` / ``fpt analyse`` live in
+:mod:`fpt.representations.artifact`.
 """
 
-from fpt.manifold.artifact import (
-    ArtifactRepresentation,
-    Projection,
-    Projector,
-    artifact_representations,
-    register_representations,
-)
+from fpt.manifold.artifact import Projection, Projector
 from fpt.manifold.spaces import SPACES, SpaceEmbedder, SpaceSpec, fixed_view, log_magnitude
 from fpt.manifold.build import BuildReport, build_manifold, write_manifold
 from fpt.manifold.store import KIND, SCHEMA, Manifold, Neighbours, nearest_in_array
@@ -24,7 +20,6 @@ __all__ = [
     "KIND",
     "SCHEMA",
     "SPACES",
-    "ArtifactRepresentation",
     "BuildReport",
     "Manifold",
     "Neighbours",
@@ -32,11 +27,9 @@ __all__ = [
     "Projector",
     "SpaceEmbedder",
     "SpaceSpec",
-    "artifact_representations",
     "build_manifold",
     "fixed_view",
     "log_magnitude",
     "nearest_in_array",
-    "register_representations",
     "write_manifold",
 ]
