@@ -290,48 +290,14 @@ def analyse_cmd(
 
 
 def _representation(name: str, manifold: Path | None, device: str):
-    """(embed(list[Tensor]) -> ndarray, display name) for folder analysis."""
-    from fpt.devices import select_device
+    """(embed(list[Tensor]) -> ndarray, display name) from fpt eval's registry."""
+    from fpt.representations import build_representation
 
     name = name.strip().lower()
-    if name in ("artifact-rgb", "artifact-freq", "artifact-feat"):
-        if manifold is None:
-            raise ConfigError(f"representation {name} needs --manifold", hint="build one with fpt manifold build")
-        from fpt.representations.artifact import ArtifactRepresentation
-
-        rep = ArtifactRepresentation(manifold, name.split("-", 1)[1], device=device)
-        return rep.embed_images, rep.name
-    if name in ("rgb", "freq"):
-        import torch
-
-        from fpt.manifold.spaces import SpaceEmbedder, SpaceSpec, fixed_view
-
-        if manifold is not None:  # same view as the manifold, if one is given
-            from fpt.manifold.store import Manifold
-
-            with Manifold(manifold) as m:
-                spec = m.space(name).spec if name in m.spaces else SpaceSpec(name)
-        else:
-            spec = SpaceSpec(name)
-        emb = SpaceEmbedder(spec, select_device(device))
-
-        def embed(images):
-            views = torch.stack([fixed_view(i, spec.size, spec.fit)[0] for i in images])
-            return emb(views).cpu().numpy()
-
-        return embed, f"{name} (raw, {spec.size}px {spec.fit})"
-    try:
-        from fpt.representations import available_methods, build_representation  # fpt eval's registry
-    except ImportError:
-        available_methods, build_representation = (lambda: []), None
-    known = available_methods()
-    if build_representation is not None and name in known:
-        if name.startswith("artifact-") and manifold is None:
-            raise ConfigError(f"representation {name} needs --manifold", hint="build one with fpt manifold build")
-        rep = build_representation(name, device=device, manifold=str(manifold) if manifold else None)
-        return rep.embed_images, getattr(rep, "name", name)
-    choices = sorted({"rgb", "freq", "artifact-rgb", "artifact-freq", "artifact-feat", *known})
-    raise ConfigError(f"unknown representation {name!r}", hint=f"choose from {', '.join(choices)}")
+    if name.startswith("artifact-") and manifold is None:
+        raise ConfigError(f"representation {name} needs --manifold", hint="build one with fpt manifold build")
+    rep = build_representation(name, device=device, manifold=str(manifold) if manifold else None)
+    return rep.embed_images, rep.name
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,11 @@ sets of images), so all methods are scored the same way on the same splits.
 
 - :mod:`fpt.representations.extractor` — ``fpt``, the learned fingerprint extractor.
 - :mod:`fpt.representations.baselines` — ``prnu`` and ``spectrum``, training-free baselines.
-- :mod:`fpt.representations.artifact` — ManiFPT's artifact representations (``artifact-*``).
+- :mod:`fpt.representations.artifact` — ManiFPT's artifact representations (``artifact-*``) and
+  the raw ``rgb`` / ``freq`` views they are measured in.
+
+The registry is static: every method is listed here, and a module that fails to import fails
+loudly instead of silently dropping its methods.
 
 Factories in :data:`REPRESENTATIONS` are called with keyword arguments (``extractor=``,
 ``device=``, ``seed=``, ``real_images=``...) and must ignore those they do not use.
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 from fpt.errors import ConfigError
+from fpt.representations.artifact import FACTORIES as _MANIFOLD_FACTORIES
 from fpt.representations.baselines import BASELINE_CROP, PRNURepresentation, SpectrumRepresentation
 from fpt.representations.extractor import FptRepresentation
 
@@ -47,34 +52,18 @@ REPRESENTATIONS: dict[str, Callable[..., Representation]] = {
     "fpt": FptRepresentation,
     "prnu": PRNURepresentation,
     "spectrum": SpectrumRepresentation,
+    **_MANIFOLD_FACTORIES,
 }
 
 
-def _register_plugins() -> None:
-    """Let optional modules add their representations (ManiFPT artifacts)."""
-    try:
-        from fpt.representations import artifact  # may register into REPRESENTATIONS
-    except Exception:  # a broken optional module must not take the baselines down
-        return
-    hook = getattr(artifact, "register_representations", None)
-    if callable(hook):
-        try:
-            hook(REPRESENTATIONS)
-        except Exception:
-            return
-
-
 def build_representation(name: str, **kwargs) -> Representation:
-    """Build a representation by registered name (``fpt``, ``prnu``, ``spectrum``, plugins)."""
-    if name not in REPRESENTATIONS:
-        _register_plugins()
+    """Build a representation by registered name (see :func:`available_methods`)."""
     try:
         factory = REPRESENTATIONS[name]
     except KeyError:
-        raise ConfigError(f"unknown method '{name}'", hint=f"choose from {', '.join(sorted(REPRESENTATIONS))}") from None
+        raise ConfigError(f"unknown method '{name}'", hint=f"choose from {', '.join(available_methods())}") from None
     return factory(**kwargs)
 
 
 def available_methods() -> list[str]:
-    _register_plugins()
     return sorted(REPRESENTATIONS)

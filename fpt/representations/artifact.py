@@ -1,6 +1,7 @@
-"""ManiFPT artifacts a(x) = x - x* (paper 002, :mod:`fpt.manifold`) as representations for
-``fpt eval`` and ``fpt analyse``: ``artifact-rgb``, ``artifact-freq``, ``artifact-feat`` and
-``artifact-rgb-fpt`` (rgb artifacts through fpt's extractor)."""
+"""ManiFPT spaces (paper 002, :mod:`fpt.manifold`) as representations for ``fpt eval`` and
+``fpt analyse``: artifacts a(x) = x - x* (``artifact-rgb``, ``artifact-freq``, ``artifact-feat``,
+``artifact-rgb-fpt``: rgb artifacts through fpt's extractor) and the raw ``rgb`` / ``freq`` views
+that artifacts are measured in."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from fpt.errors import ConfigError
 from fpt.manifold.artifact import Projector
+from fpt.manifold.spaces import SpaceEmbedder, SpaceSpec, fixed_view
 from fpt.manifold.store import Manifold
 from fpt.representations.extractor import FptRepresentation
 
@@ -64,6 +66,28 @@ class ArtifactExtractorRepresentation:
         arts = self.artifacts.embed_images(images)
         views = [torch.from_numpy((a.reshape(shape) + 1.0) / 2.0) for a in arts]
         return self.fpt.embed_images(views)
+
+
+class SpaceRepresentation:
+    """The raw view of one space (``rgb`` or ``freq``), no projection: the baseline that shows
+    what subtracting the nearest real image (the artifact) adds. With a manifold holding the
+    space, its exact view (size, fit) is used."""
+
+    def __init__(self, space: str, manifold: str | Path | None = None, device: str = "auto", **_: object):
+        from fpt.devices import select_device
+
+        spec = SpaceSpec(space)
+        if manifold is not None:
+            with Manifold(manifold) as m:
+                if space in m.spaces:
+                    spec = m.space(space).spec
+        self.spec = spec
+        self.embedder = SpaceEmbedder(spec, select_device(device))
+        self.name = f"{space} (raw, {spec.size}px {spec.fit})"
+
+    def embed_images(self, images: list[torch.Tensor]) -> np.ndarray:
+        views = torch.stack([fixed_view(i, self.spec.size, self.spec.fit)[0] for i in images])
+        return self.embedder(views).cpu().numpy()
 
 
 def artifact_representations(manifold: str | Path, device: str = "auto") -> dict[str, ArtifactRepresentation]:
@@ -128,9 +152,18 @@ def _make_artifact_fpt(manifold=None, extractor=None, device: str = "auto", real
                                            extractor=extractor, device=device, windows=windows)
 
 
-def register_representations(registry: dict) -> None:
-    """Hook called by :mod:`fpt.representations`: adds ``artifact-rgb``, ``artifact-freq``,
-    ``artifact-feat`` and ``artifact-rgb-fpt`` (rgb artifacts through fpt's extractor)."""
-    for space in ("rgb", "freq", "feat"):
-        registry.setdefault(f"artifact-{space}", _factory(space))
-    registry.setdefault("artifact-rgb-fpt", _make_artifact_fpt)
+def _raw_factory(space: str):
+    def make(manifold: str | Path | None = None, device: str = "auto", **_: object) -> SpaceRepresentation:
+        return SpaceRepresentation(space, manifold=manifold, device=device)
+
+    make.__doc__ = f"The raw {space} view of paper 002 (no projection onto a manifold)."
+    return make
+
+
+#: Factories for :data:`fpt.representations.REPRESENTATIONS`.
+FACTORIES = {
+    **{f"artifact-{space}": _factory(space) for space in ("rgb", "freq", "feat")},
+    "artifact-rgb-fpt": _make_artifact_fpt,
+    "rgb": _raw_factory("rgb"),
+    "freq": _raw_factory("freq"),
+}
