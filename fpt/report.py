@@ -7,11 +7,12 @@ Every command prints results through this module so that the look is uniform and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,18 @@ def progress(*, transient: bool = False, disable: bool = False) -> Progress:
         transient=transient,
         disable=disable,
     )
+
+
+@contextlib.contextmanager
+def step_progress(label: str, total: int, completed: int = 0, *, disable: bool = False) -> Iterator[Callable[[int, int, str], None]]:
+    """A bar on stderr for a loop of known length with a line of status (loss, rate...).
+
+    Yields ``on_step(done, total, info)``, the callback long-running core functions accept.
+    """
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, disable=disable) as bar:
+        task = bar.add_task(label, total=total, completed=completed, info="")
+        yield lambda done, n, info="": bar.update(task, completed=done, total=n, info=info)
 
 
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, tight: bool = True) -> Path:

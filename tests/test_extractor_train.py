@@ -334,3 +334,20 @@ def test_time_budget_stops_early_and_still_saves(tmp_path):
     from fpt.extractor.checkpoint import load_extractor
 
     assert load_extractor(tmp_path / "t.pt", "cpu").config["steps_done"] == res.steps
+
+
+def test_progress_goes_through_callbacks(tmp_path, capsys):
+    """Core training never draws: every step and message reaches the caller's callbacks only."""
+    bank = _bank(n_images=16, per=2)
+    cfg = TrainConfig(pool="toy:6", out=str(tmp_path / "t.pt"), steps=3, P=3, K=2, backbone="resnet10",
+                      width=0.125, crop_size=32, embedding_dim=16, holdout_frac=0.34, val_every=2,
+                      ckpt_every=10**6, warmup=1, device="cpu", val_images_per_model=2)
+    steps, lines = [], []
+    train(cfg, bank=bank, source=ToySource(6), log=lines.append,
+          on_step=lambda done, total, info: steps.append((done, total, info)))
+    assert [s[:2] for s in steps] == [(1, 3), (2, 3), (3, 3)]
+    assert all(s[2].startswith("loss ") for s in steps)
+    vals = [ln for ln in lines if ln.startswith("val ")]
+    assert len(vals) == 2 and "step=2" in vals[0].split() and "step=3" in vals[1].split()
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""

@@ -1,4 +1,5 @@
-"""The package's shape: every module imports, no import cycles."""
+"""The package's shape: every module imports, no import cycles, the core stays free of the CLI
+toolkit (typer) and the terminal renderer (rich)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import ast
 import importlib
 import pkgutil
 from pathlib import Path
+
+import pytest
 
 import fpt
 
@@ -91,3 +94,25 @@ def test_no_import_cycle():
     graph = import_graph()
     assert "fpt.manifold" in graph["fpt.representations.artifact"]  # the graph sees package __init__s
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def _is_output_layer(mod: str) -> bool:
+    last = mod.rpartition(".")[2]
+    return mod == "fpt.cli" or mod.startswith("fpt.cli.") or last == "report" or last.startswith("report_")
+
+
+def test_core_never_imports_typer_or_rich():
+    offenders = {}
+    for mod, path in _modules().items():
+        if _is_output_layer(mod):
+            continue
+        bad = sorted(n for n in _imported_names(path) if n.split(".")[0] in ("typer", "rich"))
+        if bad:
+            offenders[mod] = bad
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize("mod", ["fpt.cli.spectrum", "fpt.report", "fpt.report_html"])
+def test_output_layer_is_exempt(mod):
+    assert _is_output_layer(mod)
+    assert not _is_output_layer("fpt.gallery") and not _is_output_layer("fpt.reporting")

@@ -7,10 +7,12 @@ with its own real images, no hard-coded devices.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -262,8 +264,14 @@ def _estimate_normalisation(net: FingerprintNet, stream: FingerprintStream, devi
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True, log=print,
+          on_step: Callable[[int, int, str], None] | None = None,
           source: ModelSource | None = None, bank: CropBank | None = None, return_net: bool = False) -> TrainResult | None:
-    """Train an extractor per ``cfg``; returns the result on rank 0 (None on other DDP ranks)."""
+    """Train an extractor per ``cfg``; returns the result on rank 0 (None on other DDP ranks).
+
+    Progress goes through callbacks, on rank 0 only: ``log(line)`` for messages and
+    ``on_step(done, total, info)`` after every step (the CLI draws its bar with it). Without
+    ``on_step``, ``show_progress`` falls back to the report layer's bar.
+    """
     cfg.validate()
     world, rank, local = _dist_info()
     ddp = world > 1
@@ -360,15 +368,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
                                  "spec_std": net.transform.std, "config": _cfg_json(cfg),
                                  "images_per_s": rate_so_far()})
 
-    progress = None
-    if is_main and show_progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    bar = contextlib.ExitStack()
+    progress = on_step if is_main else None
+    if progress is None and is_main and show_progress:
+        from fpt.report import step_progress  # transitional default until every caller passes on_step
 
-        progress = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            transient=False)
-        task = progress.add_task("train", total=cfg.steps, completed=start, info="")
-        progress.start()
+        progress = bar.enter_context(step_progress("train", cfg.steps, start))
 
     net.train()
     t0 = time.perf_counter()
@@ -414,22 +419,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
             done = step + 1
             if progress is not None:
                 rate = seen / max(1e-9, time.perf_counter() - t0)
-                progress.update(task, completed=done,
-                                info=f"loss {ema:.3f} (ce {parts.ce:.2f} tri {parts.triplet:.3f}) {rate:.0f} img/s")
+                progress(done, cfg.steps, f"loss {ema:.3f} (ce {parts.ce:.2f} tri {parts.triplet:.3f}) {rate:.0f} img/s")
             if is_main and (done % cfg.val_every == 0 or done == cfg.steps):
                 m = run_validation(done)
                 m.update(loss=round(ema, 4), lr=lr_now)
                 history.append(m)
                 msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
-                (progress.console.print if progress is not None else log)(f"val {msg}")
+                log(f"val {msg}")
             if done % cfg.ckpt_every == 0 and done < cfg.steps:
                 if is_main:
                     save_state(done, wall_before + time.perf_counter() - t0)
                 if ddp:
                     dist.barrier()
     finally:
-        if progress is not None:
-            progress.stop()
+        bar.close()
     wall = wall_before + time.perf_counter() - t0
     rate = rate_so_far()
 
