@@ -14,7 +14,7 @@ import numpy as np
 
 from fpt.errors import InputError
 from fpt.gallery import DEFAULT_FAR, Gallery
-from fpt.metrics.attribution import best_accuracy, cosine_matrix, l2_normalise, set_pairs, threshold_at_far
+from fpt.metrics.verification import best_accuracy, cosine_matrix, l2_normalise, set_pairs, threshold_at_far
 
 UNKNOWN = "unknown"
 

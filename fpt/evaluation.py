@@ -41,7 +41,8 @@ import torch
 
 from fpt.errors import ConfigError, EmptyInputError, InputError
 from fpt.images import IMAGE_EXTENSIONS, load_image
-from fpt.metrics import attribution as M
+from fpt.metrics import identification as I
+from fpt.metrics import verification as M
 
 NS_VALUES = (1, 5, 10)
 #: methods whose vectors depend on a fixed crop size (``baseline_crop``): rebuilt per group
@@ -198,7 +199,7 @@ def make_splits(labels: np.ndarray, *, seed: int, n_pairs: int, k_shot: int, rep
     counts = {c: int(np.sum(labels == c)) for c in np.unique(labels)}
     id_splits = []
     if sum(n > k_shot for n in counts.values()) >= 1 and len(counts) >= 2:
-        id_splits = [M.k_shot_split(labels, k_shot, rng) for _ in range(repeats)]
+        id_splits = [I.k_shot_split(labels, k_shot, rng) for _ in range(repeats)]
     else:
         notes.append(f"identification skipped: needs 2+ models and some with more than {k_shot} images")
     open_splits = []
@@ -209,7 +210,7 @@ def make_splits(labels: np.ndarray, *, seed: int, n_pairs: int, k_shot: int, rep
         for _ in range(repeats):
             unk = list(rng.choice(classes, size=n_unk, replace=False))
             known_mask = ~np.isin(labels, unk)
-            gal, probe = M.k_shot_split(np.where(known_mask, labels, "__unknown__"), k_shot, rng)
+            gal, probe = I.k_shot_split(np.where(known_mask, labels, "__unknown__"), k_shot, rng)
             gal = gal[known_mask[gal]]
             probe = np.sort(np.r_[probe[known_mask[probe]], np.nonzero(~known_mask)[0]])
             open_splits.append((unk, gal, probe))
@@ -268,7 +269,7 @@ def run_method(method: str, emb: np.ndarray, splits: GroupSplits, far: float = 0
         accs, f1s, per = [], [], {}
         y_true, y_pred = [], []
         for split in splits.id_splits:
-            r = M.identify_k_shot(emb, labels, split=split)
+            r = I.identify_k_shot(emb, labels, split=split)
             accs.append(r.accuracy)
             f1s.append(r.macro_f1)
             for c, a in r.per_class_accuracy().items():
@@ -281,12 +282,12 @@ def run_method(method: str, emb: np.ndarray, splits: GroupSplits, far: float = 0
     if splits.open_splits:
         aurocs, accs, kaccs, urej = [], [], [], []
         for unk, gal, probe in splits.open_splits:
-            classes, fp = M.fingerprints(emb, labels, gal)
+            classes, fp = I.fingerprints(emb, labels, gal)
             sims = M.cosine_matrix(emb[probe], fp)
             best = sims.max(axis=1)
             pred = np.asarray(classes, dtype=object)[sims.argmax(axis=1)]
             is_unk = np.isin(labels[probe], unk)
-            aurocs.append(M.open_set_auroc(best[~is_unk], best[is_unk]))
+            aurocs.append(I.open_set_auroc(best[~is_unk], best[is_unk]))
             t = _open_set_threshold(emb, labels, gal, far)
             accept = best >= t
             ok_known = (~is_unk) & accept & (pred == labels[probe])

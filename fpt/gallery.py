@@ -327,7 +327,7 @@ def calibration_scores(g: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def calibrate(g: Gallery, far: float = DEFAULT_FAR) -> Calibration:
     """Choose the open-set threshold at false-accept rate ``far`` and store it in ``g``."""
-    from fpt.metrics.attribution import threshold_at_far
+    from fpt.metrics.verification import threshold_at_far
 
     if not 0.0 <= far < 1.0:
         raise InputError(f"--far must be in [0, 1), got {far}")

@@ -92,7 +92,7 @@ def test_spectrum_one_group_per_input(capsys, folder, tmp_path):
 
 def test_spectrum_detects_upsampling_grid(capsys, tmp_path, rng):
     # Nearest 2x upsampling of noise, then a random 'deconvolution' kernel: peaks at 1/2 remain.
-    from fpt.analysis import circular_conv2d, upsample_kernels
+    from fpt.spectrum.demo import circular_conv2d, upsample_kernels
     from fpt.spectrum import zero_interleave
     import torch
 

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from fpt import spectrum as S
-from fpt.analysis import analyse_tensor, circular_conv2d, upsample_demo, upsample_kernels
+from fpt.spectrum import core as S
+from fpt.spectrum.analysis import analyse_tensor
+from fpt.spectrum.demo import circular_conv2d, upsample_demo, upsample_kernels
 from fpt.residual import build_residual
 
 

@@ -11,7 +11,7 @@ from fpt.extractor.checkpoint import load_extractor, save_extractor
 from fpt.extractor.embed import embed_tensors
 from fpt.extractor.net import build_net
 from fpt.extractor.whitening import Whitening, fit_whitening
-from fpt.metrics.attribution import identify_k_shot
+from fpt.metrics.identification import identify_k_shot
 
 
 def _nuisance_data(n_classes: int = 6, per: int = 30, seed: int = 0):

@@ -207,7 +207,7 @@ def analyse_cmd(
 
     import numpy as np
 
-    from fpt.manifold import analysis as an
+    from fpt import separability as an
     from fpt.report import print_json, print_table, progress, warn
 
     failures: list = []

@@ -1,6 +1,6 @@
 """``fpt spectrum`` (spectral evidence for images and folders) and ``fpt demo upsample``.
 
-Rendering only: the analysis lives in :mod:`fpt.analysis`.
+Rendering only: the analysis lives in :mod:`fpt.spectrum.analysis`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         reported as fractions of the sampling rate (fy, fx) with their strength over the local
         background: 1/2, 1/4, 1/8 point to 1, 2, 3 upsampling layers (or an 8x8 JPEG grid).
         """
-        from fpt import analysis as A
+        from fpt.spectrum import analysis as A
         from fpt.devices import select_device
         from fpt.errors import ConfigError, ImageError
         from fpt.images import find_images
@@ -241,7 +241,7 @@ def register(app: typer.Typer) -> None:
         replicates the spectrum 2x2 (peaks at 1/2); nearest and bilinear kernels remove the peaks
         and lower the HP ratio; a random deconvolution kernel keeps them.
         """
-        from fpt import analysis as A
+        from fpt.spectrum import demo as A
         from fpt.images import load_image
         from fpt.report import console, err_console, print_json, print_table, save_figure
 

@@ -173,7 +173,8 @@ def spectrum_baseline_embeddings(images: torch.Tensor) -> np.ndarray:
 def verification_and_identification(emb: np.ndarray, labels: np.ndarray, *, seed: int = 0, k: int = 10,
                                     n_pairs: int = 4000) -> dict:
     """Zero-shot 1:1 verification AUC (N_S = 1) and k-shot 1:N identification accuracy."""
-    from fpt.metrics.attribution import identify_k_shot, pair_scores, roc_auc, verification_pairs
+    from fpt.metrics.identification import identify_k_shot
+    from fpt.metrics.verification import pair_scores, roc_auc, verification_pairs
 
     rng = np.random.default_rng(seed)
     a, b, same = verification_pairs(labels, n_pairs, rng)

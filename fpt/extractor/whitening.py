@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from fpt.metrics.attribution import l2_normalise
+from fpt.metrics.verification import l2_normalise
 
 PREFIX = "whitening."
 

@@ -4,11 +4,10 @@
 - :mod:`fpt.manifold.store`  — the HDF5 manifold file (reading) and exact chunked L2 search.
 - :mod:`fpt.manifold.build`  — streaming build from image folders, or from precomputed rows.
 - :mod:`fpt.manifold.artifact` — projection x -> x*, artifact a(x) = x - x*, figures.
-- :mod:`fpt.manifold.analysis` — FDR / NMI / silhouette / Davies-Bouldin of fingerprint
-  embeddings, NMI by design factor (``fpt analyse``).
 
 Artifacts as representations for ``fpt eval`` / ``fpt analyse`` live in
-:mod:`fpt.representations.artifact`.
+:mod:`fpt.representations.artifact`; separability of any representation (``fpt analyse``) in
+:mod:`fpt.separability`.
 """
 
 from fpt.manifold.artifact import Projection, Projector

@@ -474,7 +474,7 @@ def azimuthal_integral_fast(x: torch.Tensor, *, channel_mean: bool = False) -> t
     Uses the real-input FFT (half the spectrum) and folds the mirror half in through weights
     (see :func:`_half_rings`). Same result to float rounding. With ``channel_mean`` the power is
     averaged over dim -3 first (N, C, H, W -> N, M/2): the AI of the channel-mean power, as
-    :mod:`fpt.analysis` reports it, with a third of the ring-summing work.
+    :mod:`fpt.spectrum.analysis` reports it, with a third of the ring-summing work.
     """
     h, w = x.shape[-2:]
     if x.dtype in (torch.float16, torch.bfloat16):

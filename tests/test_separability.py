@@ -1,4 +1,4 @@
-"""fpt.manifold.analysis: separability summary, NMI by design factor, factor tables, .npz input."""
+"""fpt.separability: separability summary, NMI by design factor, factor tables, .npz input."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fpt.errors import ConfigError, InputError
-from fpt.manifold.analysis import (
+from fpt.separability import (
     factor_nmi,
     folder_labels,
     load_npz,
@@ -139,7 +139,7 @@ def test_pool_analysis_end_to_end(tmp_path, rng, capsys):
     for i in range(6):
         Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(real / f"{i}.png")
 
-    from fpt.manifold.analysis import embed_pool
+    from fpt.separability import embed_pool
 
     x, labels = embed_pool(pool, real, lambda imgs: torch.stack(imgs).flatten(1).numpy(), per_model=4)
     assert x.shape == (6 * 4, 3 * 32 * 32) and len(set(labels)) == 6

@@ -1,11 +1,12 @@
-"""Known-answer tests for fpt.metrics.attribution."""
+"""Known-answer tests for fpt.metrics.verification."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from fpt.metrics import attribution as M
+from fpt.metrics import identification as I
+from fpt.metrics import verification as M
 
 
 def test_roc_auc_known_values():
@@ -88,20 +89,6 @@ def test_threshold_at_far():
         M.threshold_at_far([], far=0.1)
 
 
-def test_macro_f1_known():
-    yt = ["a", "a", "b", "b", "c", "c"]
-    yp = ["a", "a", "b", "c", "c", "c"]
-    # a: 1.0 ; b: tp1 fp0 fn1 -> 2/3 ; c: tp2 fp1 fn0 -> 4/5
-    assert M.macro_f1(yt, yp) == pytest.approx((1 + 2 / 3 + 4 / 5) / 3)
-    assert M.macro_f1([0, 1], [0, 1]) == 1.0
-    assert M.macro_f1([0, 0], [1, 1]) == 0.0
-
-
-def test_open_set_auroc():
-    assert M.open_set_auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
-    assert M.open_set_auroc([0.5], [0.5]) == 0.5
-
-
 def test_bad_inputs():
     with pytest.raises(ValueError):
         M.roc_auc([0.1, 0.2], [1, 1])
@@ -143,14 +130,14 @@ def test_pair_scores_and_identification(rng):
     a, b, same10 = M.set_pairs(labels, 5, 50, rng)
     s10 = M.pair_scores(emb, a, b)
     assert M.roc_auc(s10, same10) == 1.0
-    res = M.identify_k_shot(emb, labels, k=10, rng=rng)
+    res = I.identify_k_shot(emb, labels, k=10, rng=rng)
     assert res.accuracy == 1.0 and res.macro_f1 == 1.0
     assert res.probe_idx.size == 60 and res.gallery_idx.size == 30
     assert not set(res.probe_idx) & set(res.gallery_idx)
     # labels swapped in half the probes -> accuracy drops accordingly
     wrong = labels.copy()
     wrong[res.probe_idx[:30]] = (wrong[res.probe_idx[:30]] + 1) % 3
-    res2 = M.identify_k_shot(emb, wrong, k=10, split=(res.gallery_idx, res.probe_idx))
+    res2 = I.identify_k_shot(emb, wrong, k=10, split=(res.gallery_idx, res.probe_idx))
     assert res2.accuracy == pytest.approx(0.5)
 
 
