@@ -15,14 +15,7 @@ NumPy / SciPy only, and are deterministic given their ``seed``.
   clusters score 0 (Rousseeuw's convention).
 - :func:`davies_bouldin` — Davies-Bouldin index, Euclidean; lower is better.
 
-Fréchet distances in high dimension. Artifact features are often wider than the number of
-samples per class (an RGB artifact at 64 px has 12 288 dimensions). Computing ``sqrtm`` of a
-d x d matrix is then both slow and numerically poor, so :func:`frechet` uses an exact identity
-when ``min(n1, n2) < d``: with ``A = (X1 - mu1) / sqrt(n1 - 1)`` and ``B`` likewise,
-``S1 = A^T A``, ``S2 = B^T B`` and the non-zero eigenvalues of ``S1 S2`` are those of
-``(A B^T)(A B^T)^T``, so ``Tr (S1 S2)^{1/2} = ||A B^T||_*`` (nuclear norm). The FD is then
-``|mu1 - mu2|^2 + ||A||_F^2 + ||B||_F^2 - 2 ||A B^T||_*`` — the same number as
-:func:`fpt.metrics.frechet.frechet_distance` (which is used when d is small), at O(n1 n2 d) cost.
+Fréchet distances come from :func:`fpt.metrics.frechet.frechet_distance` (exact for any d).
 """
 
 from __future__ import annotations
@@ -43,7 +36,6 @@ __all__ = [
     "encode_labels",
     "fd_ratio",
     "fd_ratio_details",
-    "frechet",
     "kmeans",
     "kmeans_fit",
     "nmi",
@@ -103,36 +95,6 @@ def _check_xy(x: np.ndarray, labels: Sequence | np.ndarray) -> tuple[np.ndarray,
 # --------------------------------------------------------------------------------------------
 
 
-def _frechet_lowrank(a: np.ndarray, b: np.ndarray) -> float:
-    """Exact FD via the nuclear-norm identity (see module docstring); needs n >= 2 per set."""
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    ca = (a - mu_a) / np.sqrt(a.shape[0] - 1)
-    cb = (b - mu_b) / np.sqrt(b.shape[0] - 1)
-    cross = np.linalg.svd(ca @ cb.T, compute_uv=False).sum()
-    diff = mu_a - mu_b
-    value = diff @ diff + np.sum(ca * ca) + np.sum(cb * cb) - 2.0 * cross
-    return float(max(value, 0.0))
-
-
-def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to rows of ``a`` and ``b``, exact for any d.
-
-    Uses :func:`fpt.metrics.frechet.frechet_distance` when both sets have at least as many rows
-    as dimensions, the nuclear-norm identity otherwise (fast and free of ``sqrtm`` failures on
-    singular covariances).
-    """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"expected (n, d) and (m, d), got {a.shape} and {b.shape}")
-    if a.shape[0] < 2 or b.shape[0] < 2:
-        raise ValueError("each set needs at least 2 rows to estimate a covariance")
-    d = a.shape[1]
-    if min(a.shape[0], b.shape[0]) < d:
-        return _frechet_lowrank(a, b)
-    return frechet_distance(a, b)
-
-
 #: Largest sample count for which all inter-class FDs come from one N x N Gram matrix.
 _GRAM_MAX_ROWS = 8000
 
@@ -140,7 +102,8 @@ _GRAM_MAX_ROWS = 8000
 def _pairwise_frechet_gram(x: np.ndarray, members: list[np.ndarray]) -> np.ndarray:
     """FD between every pair of classes at once, exact, for wide features (d > class sizes).
 
-    Same identity as :func:`_frechet_lowrank`, with every cross product ``A_i A_j^T`` read off one
+    Same identity as :func:`fpt.metrics.frechet.frechet_lowrank`, with every cross product
+    ``A_i A_j^T`` read off one
     Gram matrix of the class-centred rows: one large matrix product instead of k^2/2 small ones
     (per-pair BLAS calls dominate when there are hundreds of classes).
     """
@@ -202,7 +165,7 @@ def fd_ratio_details(features: np.ndarray, labels: Sequence | np.ndarray, seed: 
     for c in range(k):
         idx = rng.permutation(members[c])
         half = idx.size // 2  # an odd sample out is dropped so both halves have equal size
-        intra[classes[c]] = frechet(x[idx[:half]], x[idx[half : 2 * half]])
+        intra[classes[c]] = frechet_distance(x[idx[:half]], x[idx[half : 2 * half]])
     inter: dict = {}
     n_min = min(m.size for m in members)
     if n_min < x.shape[1] and x.shape[0] <= _GRAM_MAX_ROWS:
@@ -211,7 +174,7 @@ def fd_ratio_details(features: np.ndarray, labels: Sequence | np.ndarray, seed: 
             inter[(classes[i], classes[j])] = fds[i, j]
     else:
         for i, j in itertools.combinations(range(k), 2):
-            inter[(classes[i], classes[j])] = frechet(x[members[i]], x[members[j]])
+            inter[(classes[i], classes[j])] = frechet_distance(x[members[i]], x[members[j]])
     intra_mean = float(np.mean(list(intra.values())))
     inter_mean = float(np.mean(list(inter.values())))
     ratio = inter_mean / intra_mean if intra_mean > 0 else float("inf")
