@@ -1,0 +1,201 @@
+"""Path-level workflows of the public API (re-exported by :mod:`fpt`): embed images, enroll a
+model into a gallery, identify images against it, verify two sets of images.
+
+Each function walks files and folders like the CLI does, loads the shipped extractor unless one
+is given (a loaded :class:`fpt.extractor.checkpoint.Extractor` or a checkpoint path), collects
+unreadable files instead of stopping at them, and returns dataclasses. Nothing here prints;
+long loops report through ``on_done(path)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fpt.errors import EmptyInputError, InputError
+
+#: Images embedded between two gallery commits during enrolment: an interrupted enrolment of a
+#: big folder keeps what it has done, and running it again skips those images (same sha256).
+ENROLL_CHUNK = 256
+
+PathsLike = str | Path | Sequence[str | Path]
+OnDone = Callable[[Path], None] | None
+
+
+def _paths(paths: PathsLike) -> list[Path]:
+    from fpt.images import find_images
+
+    return find_images([paths] if isinstance(paths, (str, Path)) else list(paths))
+
+
+def _extractor(extractor, device: str):
+    if extractor is None or isinstance(extractor, (str, Path)):
+        from fpt.extractor.checkpoint import load_extractor
+
+        return load_extractor(extractor, device=device)
+    return extractor
+
+
+def _gallery_path(gallery: str | Path | None) -> Path:
+    from fpt.gallery import default_gallery_path
+
+    return Path(gallery) if gallery is not None else default_gallery_path()
+
+
+@dataclass
+class Embedded:
+    """Embeddings of the readable images, in input order, and the files that failed."""
+
+    images: list  # fpt.extractor.embed.ImageEmbedding
+    failures: list = field(default_factory=list)  # fpt.extractor.embed.EmbedFailure
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """(n, d) float32 unit rows."""
+        return np.stack([r.embedding for r in self.images]) if self.images else np.zeros((0, 0), np.float32)
+
+    @property
+    def low_confidence(self) -> np.ndarray:
+        return np.array([r.low_confidence for r in self.images], bool)
+
+    def require_some(self, what: str = "input") -> None:
+        """Batch work carries on past bad files, but a run where every file failed is an error."""
+        if not self.images:
+            raise EmptyInputError(f"none of the {len(self.failures)} {what} image(s) could be read")
+
+
+def embed(paths: PathsLike, extractor=None, *, device: str = "auto", windows: int | None = None,
+          batch_size: int = 64, on_done: OnDone = None) -> Embedded:
+    """Fingerprint embedding of every image under ``paths`` (files and folders, recursively)."""
+    from fpt.extractor.embed import EmbedFailure, iter_embeddings
+
+    ex = _extractor(extractor, device)
+    out = Embedded([], [])
+    for r in iter_embeddings(ex, _paths(paths), windows=windows, batch_size=batch_size, on_done=on_done):
+        (out.failures if isinstance(r, EmbedFailure) else out.images).append(r)
+    return out
+
+
+def open_gallery(path: str | Path | None = None):
+    """Read a gallery (default: ``$FPT_GALLERY`` or ``~/.local/share/fpt/gallery.h5``)."""
+    from fpt.gallery import load_gallery
+
+    return load_gallery(_gallery_path(path))
+
+
+@dataclass
+class Enrolment:
+    model: str
+    gallery: Path
+    added: int  # new images
+    already_enrolled: int  # images skipped because their sha256 was already there
+    total: int  # images of the model in the gallery now
+    low_confidence: int  # added images smaller than the extractor's window (mirror-padded)
+    threshold: float | None  # the gallery's identification threshold after recalibration
+    failures: list = field(default_factory=list)  # fpt.extractor.embed.EmbedFailure
+
+
+def enroll(model: str, paths: PathsLike, gallery: str | Path | None = None, extractor=None, *,
+           meta: dict[str, str] | None = None, device: str = "auto", windows: int | None = None,
+           batch_size: int = 64, chunk: int = ENROLL_CHUNK, on_done: OnDone = None) -> Enrolment:
+    """Add the images under ``paths`` to ``model`` (created if new) in ``gallery``, committing
+    every ``chunk`` images; images already enrolled (same sha256) are skipped."""
+    from fpt.extractor.embed import EmbedFailure, iter_embeddings
+    from fpt.gallery import add_embeddings, edit_gallery, load_gallery
+    from fpt.storage import file_sha256
+
+    gpath = _gallery_path(gallery)
+    files = _paths(paths)
+    n_input = len(files)
+    ex = _extractor(extractor, device)
+    hashes: dict[Path, str] = {}
+    if gpath.exists():  # fail fast on the wrong extractor, and skip known images before the slow part
+        g0 = load_gallery(gpath)
+        g0.check_extractor(ex.sha256)
+        if model in g0.models:
+            known = set(g0.models[model].hashes)
+            hashes = {p: file_sha256(p) for p in files}
+            files = [p for p in files if hashes[p] not in known]
+    out = Enrolment(model, gpath, 0, n_input - len(files), 0, 0, None)
+    pending: list = []
+
+    def commit() -> None:
+        dim = int(ex.embedding_dim)
+        with edit_gallery(gpath, create=True) as g:
+            r = add_embeddings(
+                g, model, np.stack([x.embedding for x in pending]) if pending else np.zeros((0, dim), np.float32),
+                [str(x.path) for x in pending], [hashes.get(x.path) or file_sha256(x.path) for x in pending],
+                np.array([x.low_confidence for x in pending], bool), ex.sha256, dim, meta)
+            if r.total == 0:  # nothing readable for a new model: leave the gallery untouched
+                raise EmptyInputError(f"no readable images to enroll for '{model}' ({len(out.failures)} failed)")
+        out.added += r.added
+        out.already_enrolled += r.duplicates
+        out.total = r.total
+        out.threshold = g.calibration.threshold if g.calibration else None  # edit_gallery recalibrated
+        pending.clear()
+
+    committed = False
+    for r in iter_embeddings(ex, files, windows=windows, batch_size=batch_size, on_done=on_done):
+        if isinstance(r, EmbedFailure):
+            out.failures.append(r)
+            continue
+        out.low_confidence += bool(r.low_confidence)
+        pending.append(r)
+        if len(pending) >= chunk:
+            commit()
+            committed = True
+    if pending or not committed:
+        commit()
+    return out
+
+
+def identify(paths: PathsLike, gallery=None, extractor=None, *, top_k: int = 3, threshold: float | None = None,
+             device: str = "auto", windows: int | None = None, batch_size: int = 64,
+             on_done: OnDone = None) -> tuple[list, list]:
+    """Which enrolled model made each image (``unknown`` below the threshold).
+
+    ``gallery`` is a path (default gallery when None) or an opened gallery. Returns
+    ``(identifications, failures)``: :class:`fpt.attribution.Identification` per readable image.
+    """
+    from fpt.attribution import identify_embeddings
+    from fpt.gallery import Gallery
+
+    g = gallery if isinstance(gallery, Gallery) else open_gallery(gallery)
+    if not g.models:
+        raise InputError("the gallery has no models", path=g.path, hint="fpt enroll MODEL IMAGES...")
+    ex = _extractor(extractor, device)
+    g.check_extractor(ex.sha256)
+    e = embed(paths, ex, windows=windows, batch_size=batch_size, on_done=on_done)
+    e.require_some()
+    ids = identify_embeddings(g, e.matrix, top_k=top_k, threshold=threshold, paths=[str(r.path) for r in e.images],
+                              low_confidence=e.low_confidence)
+    return ids, e.failures
+
+
+def verify(a: PathsLike, b: PathsLike, gallery=None, extractor=None, *, threshold: float | None = None,
+           far: float | None = None, device: str = "auto", windows: int | None = None,
+           batch_size: int = 64):
+    """Were the images of ``a`` and of ``b`` made by the same model? Each side's images are
+    averaged into one fingerprint. Without ``threshold`` it is calibrated on ``gallery`` at
+    ``far`` for this many images a side. Returns :class:`fpt.attribution.Verification`."""
+    from fpt.attribution import verify_embeddings, verify_threshold
+    from fpt.gallery import DEFAULT_FAR, Gallery
+
+    ex = _extractor(extractor, device)
+    sides = [embed(p, ex, windows=windows, batch_size=batch_size) for p in (a, b)]
+    for name, side in zip("AB", sides):
+        if not side.images:
+            raise EmptyInputError(f"no readable images on side {name}")
+    if threshold is not None:
+        t, src = threshold, "threshold"
+    else:
+        g = gallery if isinstance(gallery, Gallery) else open_gallery(gallery)
+        g.check_extractor(ex.sha256)
+        far = DEFAULT_FAR if far is None else far
+        vc = verify_threshold(g, min(len(s.images) for s in sides), far)
+        t, src = vc.threshold, f"calibrated on {g.path.name} at FAR {far:g}, N_S={vc.n_s}"
+    low = any(bool(s.low_confidence.any()) for s in sides)
+    return verify_embeddings(sides[0].matrix, sides[1].matrix, t, src, low)

@@ -1,0 +1,90 @@
+"""The public API (``import fpt``): lazy names, and the README's quick-start run exactly as printed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import fpt
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def quickstart() -> str:
+    text = README.read_text(encoding="utf-8")
+    m = re.search(r"<!-- quickstart:[^>]*-->\s*```python\n(.*?)```", text, re.S)
+    assert m, "README has no quick-start block"
+    return m.group(1)
+
+
+def test_quickstart_is_about_ten_lines():
+    assert len(quickstart().strip().splitlines()) <= 12
+
+
+def test_every_public_name_resolves():
+    for name in fpt.__all__:
+        assert getattr(fpt, name) is not None, name
+    assert issubclass(fpt.InputError, fpt.FptError)
+    with pytest.raises(AttributeError):
+        fpt.no_such_name  # noqa: B018
+
+
+def test_import_fpt_stays_light():
+    code = "import sys, fpt; print(sorted(m for m in ('torch', 'numpy', 'h5py', 'rich', 'typer') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _save(folder: Path, stem: str, img: np.ndarray) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8)).save(folder / f"{stem}.png")
+
+
+def _model_a(rng) -> np.ndarray:  # nearest-neighbour 2x upsampling: a strong period-2 grid
+    return np.repeat(np.repeat(rng.random((48, 48, 3)), 2, axis=0), 2, axis=1)
+
+
+def _model_b(rng) -> np.ndarray:  # smooth content plus fine white noise: no grid
+    base = np.repeat(np.repeat(rng.random((12, 12, 3)), 8, axis=0), 8, axis=1)
+    return 0.7 * base + 0.3 * rng.random((96, 96, 3))
+
+
+def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        _save(tmp_path / "images" / "model-a", f"a{i}", _model_a(rng))
+        _save(tmp_path / "images" / "model-b", f"b{i}", _model_b(rng))
+    _save(tmp_path / "suspects", "s0", _model_a(rng))
+    _save(tmp_path / "suspects", "s1", _model_b(rng))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(quickstart(), "README quick-start", "exec"), {})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    assert [ln.split()[0] for ln in lines[:2]] == ["suspects/s0.png", "suspects/s1.png"]
+    assert all(ln.split()[1] in ("model-a", "model-b", "unknown") for ln in lines[:2])
+    assert re.fullmatch(r"(same model|different models) -?\d\.\d{3}", lines[2])
+    assert re.fullmatch(r"HP ratio of the mean spectrum: \d\.\d{3}", lines[3])
+    g = fpt.open_gallery(tmp_path / "gallery.h5")
+    assert sorted(g.models) == ["model-a", "model-b"] and all(m.count == 4 for m in g.models.values())
+    # Enrolling the same folder again adds nothing (same sha256), and the gallery is unchanged.
+    again = fpt.enroll("model-a", tmp_path / "images" / "model-a", tmp_path / "gallery.h5")
+    assert (again.added, again.already_enrolled, again.total) == (0, 4, 4)
+
+
+def test_enroll_commits_in_chunks_and_reports_failures(tmp_path):
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        _save(tmp_path / "a", f"a{i}", _model_a(rng))
+    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
+    res = fpt.enroll("a", tmp_path / "a", tmp_path / "g.h5", chunk=2)
+    assert (res.added, res.total, len(res.failures)) == (5, 5, 1)
+    assert res.threshold is None  # one model: nothing to calibrate against
+    with pytest.raises(fpt.EmptyInputError, match="no readable images"):
+        fpt.enroll("b", tmp_path / "a" / "broken.png", tmp_path / "g.h5")
+    assert sorted(fpt.open_gallery(tmp_path / "g.h5").models) == ["a"]
