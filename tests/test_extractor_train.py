@@ -351,3 +351,18 @@ def test_progress_goes_through_callbacks(tmp_path, capsys):
     assert len(vals) == 2 and "step=2" in vals[0].split() and "step=3" in vals[1].split()
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == ""
+
+
+def test_denoiser_residual_is_built_once_with_its_weights(tmp_path):
+    """residual=denoiser: the net is built once, with the (frozen) shipped denoiser's weights."""
+    from fpt.extractor.denoiser import load_denoiser
+
+    bank = _bank(n_images=16, per=2)
+    cfg = TrainConfig(pool="toy:6", out=str(tmp_path / "t.pt"), steps=1, P=3, K=2, backbone="resnet10",
+                      width=0.125, crop_size=32, embedding_dim=16, holdout_frac=0.34, val_every=10**6,
+                      ckpt_every=10**6, warmup=1, device="cpu", val_images_per_model=2, residual="denoiser")
+    res = train(cfg, bank=bank, source=ToySource(6), show_progress=False, log=lambda *_: None, return_net=True)
+    dn = load_denoiser(None)
+    got = res.net.transform.residual.net.state_dict()
+    assert res.net.config["denoiser"] == dn.config()
+    assert all(torch.equal(got[k].cpu(), v) for k, v in dn.state_dict().items())

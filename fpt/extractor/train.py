@@ -1,6 +1,6 @@
 """Training loop for the fingerprint extractor: single process or DDP (torchrun), CPU or CUDA.
 
-Fixes the faults of the authors' code (DESIGN.md §3): ``zero_grad`` every step, gradients
+Fixes the faults of the authors' code (docs/science.md, "Known faults"): ``zero_grad`` every step, gradients
 clipped *after* ``backward``, P x K batches, validation on held-out *architectures* (not seeds)
 with its own real images, no hard-coded devices.
 """
@@ -298,15 +298,15 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
     stream = FingerprintStream(source, train_ids, train_bank, P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank,
                                augment=cfg.augment())
 
-    denoiser_cfg = None
-    net = build_net(backbone=cfg.backbone, width=cfg.width, stem=cfg.stem, embedding_dim=cfg.embedding_dim,
-                    num_classes=len(train_ids), residual=cfg.residual, grey=cfg.grey, crop_size=cfg.crop_size,
-                    denoiser=denoiser_cfg)
+    dn = None
     if cfg.residual == "denoiser":
         from fpt.extractor.denoiser import load_denoiser
 
         dn = load_denoiser(cfg.denoiser)
-        net = build_net(**dict(net.config, denoiser=dn.config()))
+    net = build_net(backbone=cfg.backbone, width=cfg.width, stem=cfg.stem, embedding_dim=cfg.embedding_dim,
+                    num_classes=len(train_ids), residual=cfg.residual, grey=cfg.grey, crop_size=cfg.crop_size,
+                    denoiser=dn.config() if dn is not None else None)
+    if dn is not None:
         net.transform.residual.net.load_state_dict(dn.state_dict())
     net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]

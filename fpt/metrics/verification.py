@@ -4,7 +4,7 @@ Conventions: a *score* is a similarity (higher = more likely "same model" / "kno
 1 for a genuine pair (same model) or a known-model probe and 0 otherwise. A decision is
 ``score >= threshold`` -> accept.
 
-Protocols follow paper 001 §IV-A and paper 000 §5, with one deliberate fix (DESIGN.md §3): the
+Protocols follow paper 001 §IV-A and paper 000 §5, with one deliberate fix (docs/science.md, "Known faults"): the
 verification accuracy threshold is chosen on a *calibration* split and applied to the test pairs,
 never tuned on the test pairs themselves.
 """

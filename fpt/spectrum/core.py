@@ -63,11 +63,6 @@ def magnitude_spectrum(x: torch.Tensor) -> torch.Tensor:
     return power_spectrum(x).sqrt()
 
 
-def log_spectrum(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Natural log of the magnitude spectrum (unshifted), for display and network input."""
-    return torch.log(magnitude_spectrum(x) + eps)
-
-
 def fftshift(spec: torch.Tensor) -> torch.Tensor:
     """Move DC to the centre (for display)."""
     return torch.fft.fftshift(spec, dim=(-2, -1))

@@ -3,7 +3,7 @@
 FD model (paper 001 Fig. 4): K down blocks (avg-pool /2, then two 3x3 convs with ReLU that widen
 the features) followed by K up blocks (upsampler U, then L conv layers, each with norm N and
 activation A in order S), and a final 3x3 conv to RGB. The last up block is what stamps the
-fingerprint (DESIGN §2), so the output conv stays linear: it carries the block's spectrum to the
+fingerprint (paper 001; docs/science.md), so the output conv stays linear: it carries the block's spectrum to the
 image without adding another activation. Inputs of any size work: they are reflect-padded to a
 multiple of 2^K and the output cropped back, so (N, 3, H, W) -> (N, 3, H, W). Pixels are mapped
 to [-1, 1] on the way in and back to [0, 1] on the way out (``IO_RANGE``).
