@@ -21,243 +21,137 @@ def _peaks_text(peaks, top: int = 3) -> str:
     return shown + (f" +{len(peaks) - top}" if len(peaks) > top else "")
 
 
-def _image_json(rep) -> dict:
-    from fpt.report import to_jsonable
+def spectrum_cmd(
+    paths: list[Path] = typer.Argument(..., help="Image files and/or folders (walked recursively)."),
+    residual: str = typer.Option(
+        "highpass", "--residual", "-r", help="Residual extractor: highpass, denoiser, or none (raw pixels)."
+    ),
+    grey: bool = typer.Option(False, "--grey", help="Analyse the luma of the residual instead of each channel."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write PNG figures, .npz arrays and summary.json here."),
+    per_image: Optional[bool] = typer.Option(
+        None,
+        "--per-image/--no-per-image",
+        help=f"Per-image figure + .npz under --out (default: only for <= {PER_IMAGE_AUTO_LIMIT} images).",
+    ),
+    crop: Optional[int] = typer.Option(
+        None, "--crop", help="Common centre-crop side for the mean spectrum (default: first image's shorter side, max 512)."
+    ),
+    threshold: float = typer.Option(10.0, "--threshold", help="Grid-peak strength threshold (peak / local median)."),
+    periodic: bool = typer.Option(
+        False, "--periodic", help="Remove the border cross first (periodic + smooth decomposition, Moisan 2011)."
+    ),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Analyse only the first N images (sorted) of each input."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of tables."),
+) -> None:
+    """Spectral evidence: residual energy, HP ratio (paper 000 Eq. 13), azimuthal integral, grid peaks.
 
-    d = to_jsonable(rep)
-    d.pop("arrays", None)
-    return d
+    One row per image, then one summary row per input (file or folder) from the mean spectrum
+    over that input's images: pass one folder per generator to compare them. Peaks are
+    reported as fractions of the sampling rate (fy, fx) with their strength over the local
+    background: 1/2, 1/4, 1/8 point to 1, 2, 3 upsampling layers (or an 8x8 JPEG grid).
+    """
+    from fpt.report import err_console, print_json, progress
+    from fpt.spectrum import analysis as A
+
+    groups = A.input_groups(paths, limit)
+    total = sum(len(f) for _, f in groups)
+    with progress(disable=total < 2) as bar:
+        task = bar.add_task("spectra", total=total)
+        run = A.analyse_groups(groups, residual=residual, grey=grey, crop=crop, peak_threshold=threshold,
+                               periodic=periodic, device=device, on_progress=lambda _p: bar.advance(task))
+    _warn_failures(run)
+    if out is not None:
+        A.write_outputs(run, out, per_image=per_image if per_image is not None else total <= PER_IMAGE_AUTO_LIMIT)
+        err_console.print(f"wrote figures and arrays to {out}")
+    if as_json:
+        print_json(run.summary())
+    else:
+        _print_spectrum_tables(run)
+
+
+def _warn_failures(run) -> None:
+    """Unreadable files as warnings, padded means as warnings; nothing readable is an error."""
+    from fpt.errors import ImageError
+    from fpt.report import warn
+
+    images, failures = run.images, run.failures
+    if not images and len(failures) == 1:
+        raise ImageError(failures[0].reason)  # said once, as the error, not also as a warning
+    for f in failures:
+        warn(f"skipped {f.reason}")
+    if not images:
+        raise ImageError(f"none of the {len(failures)} images could be read", hint=f"first failure: {failures[0].reason}")
+    for p, g in run.groups:
+        if g.n_padded:
+            warn(f"{p}: {g.n_padded} image(s) smaller than the {g.crop}px crop were mirror-padded into the mean spectrum")
+
+
+def _print_spectrum_tables(run) -> None:
+    from fpt.report import console, print_table
+    from fpt.spectrum.analysis import display_name
+
+    images, root = run.images, run.root
+    print_table(
+        f"Residual spectra ({run.residual}{', grey' if run.grey else ', per channel'})",
+        ["image", "size", "energy", "HP ratio", "AI mean", "AI max", "grid peaks (fy,fx)×strength"],
+        [[display_name(r.path, root), f"{r.width}x{r.height}", r.residual_energy, r.hp_ratio, r.ai_mean, r.ai_max,
+          _peaks_text(r.peaks)] for r in images],
+    )
+    if len(images) > 1:
+        print_table(
+            "Summary per input (mean spectrum over each input's images, centre-cropped)",
+            ["input", "images", "failed", "HP ratio ± sd", "HP of mean", "crop", "grid peaks of mean spectrum"],
+            [[p.name or str(p), len(g.images), len(g.failures),
+              f"{g.hp_ratio_mean:.3f} ± {g.hp_ratio_std:.3f}" if g.images else "-",
+              g.mean_hp_ratio if g.images else None, g.crop if g.images else None,
+              _peaks_text(g.mean_peaks, top=5) if g.images else "-"] for p, g in run.groups],
+        )
+    elif run.failures:
+        console.print(f"{len(run.failures)} file(s) skipped")
+
+
+demo_app = typer.Typer(help="Demonstrations of the papers' spectral arguments.", no_args_is_help=True)
+
+
+@demo_app.command("upsample")
+def demo_upsample_cmd(
+    image: Optional[Path] = typer.Argument(None, help="Image to use (grey centre crop); default uniform noise."),
+    size: int = typer.Option(64, "--size", help="Side of the signal before 2x upsampling."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the noise and the random deconvolution kernel."),
+    threshold: float = typer.Option(10.0, "--threshold", help="Grid-peak strength threshold."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write upsample_demo.png here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of a table."),
+) -> None:
+    """Why upsampling leaves grids (paper 000 Fig. 3): zero-interleave, then nearest / bilinear / deconv.
+
+    Prints the HP ratio (Eq. 13) and the detected grid peaks after each step: interleaving
+    replicates the spectrum 2x2 (peaks at 1/2); nearest and bilinear kernels remove the peaks
+    and lower the HP ratio; a random deconvolution kernel keeps them.
+    """
+    from fpt.images import load_image
+    from fpt.report import console, err_console, print_json, print_table, save_figure
+    from fpt.spectrum import demo as D
+
+    img = load_image(image) if image is not None else None
+    demo = D.upsample_demo(img, size=size, seed=seed, threshold=threshold)
+    if out is not None:
+        path = save_figure(D.upsample_demo_figure(demo), out / "upsample_demo.png", tight=False)
+        err_console.print(f"wrote {path}")
+    if as_json:
+        print_json({"source": demo.source, "replication_error": demo.replication_error, "steps": demo.steps})
+        return
+    print_table(
+        f"Upsampling demo: {demo.source}",
+        ["step", "size", "HP ratio", "grid peaks (fy,fx)×strength"],
+        [[s.name, f"{s.size}x{s.size}", s.hp_ratio, _peaks_text(s.peaks)] for s in demo.steps],
+    )
+    console.print(
+        f"2x2 replication after zero-interleaving: max |F(u+M, v+N) - F(u, v)| / max |F| = {demo.replication_error:.1e}"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    @app.command()
-    def spectrum(
-        paths: list[Path] = typer.Argument(..., help="Image files and/or folders (walked recursively)."),
-        residual: str = typer.Option(
-            "highpass", "--residual", "-r", help="Residual extractor: highpass, denoiser, or none (raw pixels)."
-        ),
-        grey: bool = typer.Option(False, "--grey", help="Analyse the luma of the residual instead of each channel."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write PNG figures, .npz arrays and summary.json here."),
-        per_image: Optional[bool] = typer.Option(
-            None,
-            "--per-image/--no-per-image",
-            help=f"Per-image figure + .npz under --out (default: only for <= {PER_IMAGE_AUTO_LIMIT} images).",
-        ),
-        crop: Optional[int] = typer.Option(
-            None, "--crop", help="Common centre-crop side for the mean spectrum (default: first image's shorter side, max 512)."
-        ),
-        threshold: float = typer.Option(10.0, "--threshold", help="Grid-peak strength threshold (peak / local median)."),
-        periodic: bool = typer.Option(
-            False, "--periodic", help="Remove the border cross first (periodic + smooth decomposition, Moisan 2011)."
-        ),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Analyse only the first N images (sorted) of each input."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of tables."),
-    ) -> None:
-        """Spectral evidence: residual energy, HP ratio (paper 000 Eq. 13), azimuthal integral, grid peaks.
-
-        One row per image, then one summary row per input (file or folder) from the mean spectrum
-        over that input's images: pass one folder per generator to compare them. Peaks are
-        reported as fractions of the sampling rate (fy, fx) with their strength over the local
-        background: 1/2, 1/4, 1/8 point to 1, 2, 3 upsampling layers (or an 8x8 JPEG grid).
-        """
-        from fpt.spectrum import analysis as A
-        from fpt.devices import select_device
-        from fpt.errors import ConfigError, ImageError
-        from fpt.images import find_images
-        from fpt.report import console, dumps_json, err_console, print_json, print_table, progress, save_figure, warn
-        from fpt.residual import RESIDUALS
-
-        if residual != "none" and residual not in RESIDUALS:
-            raise ConfigError(f"unknown residual '{residual}'", hint=f"choose one of {', '.join(sorted(RESIDUALS))}, none")
-        if crop is not None and crop < 8:
-            raise ConfigError(f"--crop {crop} is too small", hint="use 8 or more")
-        if limit is not None and limit < 1:
-            raise ConfigError("--limit must be at least 1")
-        dev = select_device(device)
-        # One group per path argument: each folder (e.g. one generator) gets its own mean spectrum.
-        groups: list[tuple[Path, list[Path]]] = []
-        for p in paths:
-            files = find_images([p])
-            groups.append((p, files[:limit] if limit is not None else files))
-        total = sum(len(f) for _, f in groups)
-        write_each = bool(out) and (per_image if per_image is not None else total <= PER_IMAGE_AUTO_LIMIT)
-
-        results: list[tuple[Path, A.FolderSpectrum]] = []
-        with progress(disable=total < 2) as bar:
-            task = bar.add_task("spectra", total=total)
-            for p, files in groups:
-                results.append(
-                    (
-                        p,
-                        A.analyse_paths(
-                            files,
-                            residual=residual,
-                            grey=grey,
-                            device=dev,
-                            crop=crop,
-                            peak_threshold=threshold,
-                            periodic=periodic,
-                            on_progress=lambda _p: bar.advance(task),
-                        ),
-                    )
-                )
-
-        images = [r for _, g in results for r in g.images]
-        failures = [f for _, g in results for f in g.failures]
-        if not images and len(failures) == 1:
-            raise ImageError(failures[0].reason)  # said once, as the error, not also as a warning
-        for f in failures:
-            warn(f"skipped {f.reason}")
-        if not images:
-            raise ImageError(f"none of the {len(failures)} images could be read", hint=f"first failure: {failures[0].reason}")
-        for p, g in results:
-            if g.n_padded:
-                warn(f"{p}: {g.n_padded} image(s) smaller than the {g.crop}px crop were mirror-padded into the mean spectrum")
-
-        def group_json(p: Path, g: A.FolderSpectrum) -> dict:
-            return {
-                "input": p,
-                "images": len(g.images),
-                "failed": len(g.failures),
-                "crop": g.crop if g.images else None,
-                "hp_ratio_mean": g.hp_ratio_mean,
-                "hp_ratio_std": g.hp_ratio_std,
-                "mean_spectrum": {
-                    "hp_ratio": g.mean_hp_ratio,
-                    "ai_mean": g.mean_ai_mean,
-                    "ai_max": g.mean_ai_max,
-                    "peaks": g.mean_peaks,
-                },
-            }
-
-        payload = {
-            "summary": {
-                "residual": residual,
-                "grey": grey,
-                "periodic": periodic,
-                "images": len(images),
-                "failed": len(failures),
-            },
-            "groups": [group_json(p, g) for p, g in results],
-            "images": [_image_json(r) for r in images],
-            "failures": [{"path": f.path, "reason": f.reason} for f in failures],
-        }
-        root = A.common_root([r.path for r in images])
-
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            if write_each:
-                # Second pass with arrays kept, one image at a time (bounded memory).
-                from fpt.images import load_image
-
-                res = A.resolve_residual(residual, dev)
-                for rep in images:
-                    one, _ = A.analyse_tensor(
-                        load_image(rep.path).to(dev),
-                        res,
-                        grey=grey,
-                        path=rep.path,
-                        keep_arrays=True,
-                        peak_threshold=threshold,
-                        periodic=periodic,
-                    )
-                    stem = A.output_stem(rep.path, root)
-                    A.save_npz(one.arrays, out / f"{stem}.npz")
-                    fig = A.spectrum_figure(one.arrays, f"{A.display_name(rep.path, root)} — residual {residual}", one.peaks)
-                    save_figure(fig, out / f"{stem}.png", tight=False)
-            named = len(results) > 1
-            used: set[str] = set()
-            for i, (p, g) in enumerate(results):
-                if not g.images or (len(g.images) == 1 and write_each):
-                    continue
-                name = f"mean_spectrum_{A.output_stem(p, None)}" if named else "mean_spectrum"
-                name = f"{name}_{i}" if name in used else name  # two inputs with the same name
-                used.add(name)
-                title = f"{p.name}: mean of {len(g.images)} residual spectra, {g.crop}px centre crop — {residual}"
-                A.save_npz(g.mean_arrays, out / f"{name}.npz")
-                save_figure(A.spectrum_figure(g.mean_arrays, title, g.mean_peaks), out / f"{name}.png", tight=False)
-            from fpt.storage import atomic_path
-
-            with atomic_path(out / "summary.json") as tmp:
-                tmp.write_text(dumps_json(payload) + "\n")
-            err_console.print(f"wrote figures and arrays to {out}")
-
-        if as_json:
-            print_json(payload)
-            return
-
-        print_table(
-            f"Residual spectra ({residual}{', grey' if grey else ', per channel'})",
-            ["image", "size", "energy", "HP ratio", "AI mean", "AI max", "grid peaks (fy,fx)×strength"],
-            [
-                [
-                    A.display_name(r.path, root),
-                    f"{r.width}x{r.height}",
-                    r.residual_energy,
-                    r.hp_ratio,
-                    r.ai_mean,
-                    r.ai_max,
-                    _peaks_text(r.peaks),
-                ]
-                for r in images
-            ],
-        )
-        if len(images) > 1:
-            print_table(
-                "Summary per input (mean spectrum over each input's images, centre-cropped)",
-                ["input", "images", "failed", "HP ratio ± sd", "HP of mean", "crop", "grid peaks of mean spectrum"],
-                [
-                    [
-                        p.name or str(p),
-                        len(g.images),
-                        len(g.failures),
-                        f"{g.hp_ratio_mean:.3f} ± {g.hp_ratio_std:.3f}" if g.images else "-",
-                        g.mean_hp_ratio if g.images else None,
-                        g.crop if g.images else None,
-                        _peaks_text(g.mean_peaks, top=5) if g.images else "-",
-                    ]
-                    for p, g in results
-                ],
-            )
-        elif failures:
-            console.print(f"{len(failures)} file(s) skipped")
-
-    demo_app = typer.Typer(help="Demonstrations of the papers' spectral arguments.", no_args_is_help=True)
+    """Add this module's commands to app."""
+    app.command("spectrum")(spectrum_cmd)
     app.add_typer(demo_app, name="demo")
-
-    @demo_app.command("upsample")
-    def demo_upsample(
-        image: Optional[Path] = typer.Argument(None, help="Image to use (grey centre crop); default uniform noise."),
-        size: int = typer.Option(64, "--size", help="Side of the signal before 2x upsampling."),
-        seed: int = typer.Option(0, "--seed", help="Seed for the noise and the random deconvolution kernel."),
-        threshold: float = typer.Option(10.0, "--threshold", help="Grid-peak strength threshold."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write upsample_demo.png here."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of a table."),
-    ) -> None:
-        """Why upsampling leaves grids (paper 000 Fig. 3): zero-interleave, then nearest / bilinear / deconv.
-
-        Prints the HP ratio (Eq. 13) and the detected grid peaks after each step: interleaving
-        replicates the spectrum 2x2 (peaks at 1/2); nearest and bilinear kernels remove the peaks
-        and lower the HP ratio; a random deconvolution kernel keeps them.
-        """
-        from fpt.spectrum import demo as A
-        from fpt.images import load_image
-        from fpt.report import console, err_console, print_json, print_table, save_figure
-
-        img = load_image(image) if image is not None else None
-        demo = A.upsample_demo(img, size=size, seed=seed, threshold=threshold)
-        if out is not None:
-            path = save_figure(A.upsample_demo_figure(demo), out / "upsample_demo.png", tight=False)
-            err_console.print(f"wrote {path}")
-        if as_json:
-            print_json({"source": demo.source, "replication_error": demo.replication_error, "steps": demo.steps})
-            return
-        print_table(
-            f"Upsampling demo: {demo.source}",
-            ["step", "size", "HP ratio", "grid peaks (fy,fx)×strength"],
-            [[s.name, f"{s.size}x{s.size}", s.hp_ratio, _peaks_text(s.peaks)] for s in demo.steps],
-        )
-        console.print(
-            f"2x2 replication after zero-interleaving: max |F(u+M, v+N) - F(u, v)| / max |F| = {demo.replication_error:.1e}"
-        )

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fpt.errors import ConfigError
 from fpt.spectrum import core as S
 from fpt.images import LoadFailure, find_images, iter_images
 
@@ -290,3 +291,115 @@ def spectrum_figure(arrays: SpectrumArrays, title: str, peaks: Sequence[S.GridPe
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ fpt spectrum: inputs, run, outputs
+
+
+@dataclass
+class SpectrumRun:
+    """One ``fpt spectrum`` run: a :class:`FolderSpectrum` per input (file or folder)."""
+
+    groups: list[tuple[Path, FolderSpectrum]]
+    residual: str
+    grey: bool
+    periodic: bool
+    peak_threshold: float
+    device: torch.device
+
+    @property
+    def images(self) -> list[ImageSpectrum]:
+        return [r for _, g in self.groups for r in g.images]
+
+    @property
+    def failures(self) -> list[LoadFailure]:
+        return [f for _, g in self.groups for f in g.failures]
+
+    @property
+    def root(self) -> Path | None:
+        """The images' common folder: output names and table rows are relative to it."""
+        return common_root([r.path for r in self.images])
+
+    def summary(self) -> dict:
+        """The run as JSON-ready values (``--json`` and ``summary.json``); per-image arrays left out."""
+        from fpt.report import to_jsonable
+
+        def group(p: Path, g: FolderSpectrum) -> dict:
+            return {"input": p, "images": len(g.images), "failed": len(g.failures),
+                    "crop": g.crop if g.images else None,
+                    "hp_ratio_mean": g.hp_ratio_mean, "hp_ratio_std": g.hp_ratio_std,
+                    "mean_spectrum": {"hp_ratio": g.mean_hp_ratio, "ai_mean": g.mean_ai_mean,
+                                      "ai_max": g.mean_ai_max, "peaks": g.mean_peaks}}
+
+        images = [{k: v for k, v in to_jsonable(r).items() if k != "arrays"} for r in self.images]
+        return {
+            "summary": {"residual": self.residual, "grey": self.grey, "periodic": self.periodic,
+                        "images": len(images), "failed": len(self.failures)},
+            "groups": [group(p, g) for p, g in self.groups],
+            "images": images,
+            "failures": [{"path": f.path, "reason": f.reason} for f in self.failures],
+        }
+
+
+def input_groups(paths: Sequence[Path], limit: int | None = None) -> list[tuple[Path, list[Path]]]:
+    """One group per path argument (each folder, e.g. one generator, gets its own mean spectrum),
+    with at most the first ``limit`` images (sorted) of each."""
+    if limit is not None and limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    groups = []
+    for p in paths:
+        files = find_images([p])
+        groups.append((p, files[:limit] if limit is not None else files))
+    return groups
+
+
+def analyse_groups(groups: Sequence[tuple[Path, list[Path]]], *, residual: str = "highpass", grey: bool = False,
+                   crop: int | None = None, peak_threshold: float = 10.0, periodic: bool = False,
+                   device: torch.device | str = "auto",
+                   on_progress: Callable[[Path], None] | None = None) -> SpectrumRun:
+    """:func:`analyse_paths` for each group of :func:`input_groups`."""
+    from fpt.devices import select_device
+    from fpt.residual import RESIDUALS
+
+    if residual != "none" and residual not in RESIDUALS:
+        raise ConfigError(f"unknown residual '{residual}'", hint=f"choose one of {', '.join(sorted(RESIDUALS))}, none")
+    if crop is not None and crop < 8:
+        raise ConfigError(f"--crop {crop} is too small", hint="use 8 or more")
+    dev = device if isinstance(device, torch.device) else select_device(device)
+    done = [(p, analyse_paths(files, residual=residual, grey=grey, device=dev, crop=crop, peak_threshold=peak_threshold,
+                              periodic=periodic, on_progress=on_progress)) for p, files in groups]
+    return SpectrumRun(done, residual, grey, periodic, peak_threshold, dev)
+
+
+def write_outputs(run: SpectrumRun, out: Path, *, per_image: bool) -> None:
+    """PNG figures, .npz arrays and ``summary.json`` under ``out``: for each image when
+    ``per_image`` (a second pass that keeps arrays, one image at a time: bounded memory), and for
+    the mean spectrum of each input (named after the input when there are several)."""
+    from fpt.images import load_image
+    from fpt.report import dumps_json, save_figure
+    from fpt.storage import atomic_path
+
+    out.mkdir(parents=True, exist_ok=True)
+    root = run.root
+    if per_image:
+        res = resolve_residual(run.residual, run.device)
+        for rep in run.images:
+            one, _ = analyse_tensor(load_image(rep.path).to(run.device), res, grey=run.grey, path=rep.path,
+                                    keep_arrays=True, peak_threshold=run.peak_threshold, periodic=run.periodic)
+            stem = output_stem(rep.path, root)
+            save_npz(one.arrays, out / f"{stem}.npz")
+            fig = spectrum_figure(one.arrays, f"{display_name(rep.path, root)} — residual {run.residual}", one.peaks)
+            save_figure(fig, out / f"{stem}.png", tight=False)
+    named = len(run.groups) > 1
+    used: set[str] = set()
+    for i, (p, g) in enumerate(run.groups):
+        if not g.images or (len(g.images) == 1 and per_image):
+            continue
+        name = f"mean_spectrum_{output_stem(p, None)}" if named else "mean_spectrum"
+        name = f"{name}_{i}" if name in used else name  # two inputs with the same name
+        used.add(name)
+        title = f"{p.name}: mean of {len(g.images)} residual spectra, {g.crop}px centre crop — {run.residual}"
+        save_npz(g.mean_arrays, out / f"{name}.npz")
+        save_figure(spectrum_figure(g.mean_arrays, title, g.mean_peaks), out / f"{name}.png", tight=False)
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(dumps_json(run.summary()) + "\n")
