@@ -323,6 +323,102 @@ def embed_pool(
     return np.concatenate(rows), labels
 
 
+# ------------------------------------------------------------------ fpt analyse: inputs
+
+
+@dataclass
+class Fingerprints:
+    """Rows to analyse and their model labels, from an .npz, a folder tree or a pool."""
+
+    x: np.ndarray  # (n, d)
+    labels: list[str]
+    name: str  # the representation (or the .npz file name)
+    kind: str  # "npz" | "folder" | "pool"
+    paths: list[Path] | None = None  # folder inputs: the images embedded
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    @property
+    def default_unit(self) -> str:
+        """Pools cluster per-model means: all their models see the same crops, so single images
+        would cluster by content."""
+        return "model" if self.kind == "pool" else "image"
+
+    @property
+    def default_factors(self) -> str:
+        return "synth" if self.kind == "pool" else ""
+
+    def save(self, path: str | Path) -> Path:
+        """The rows as an .npz that :func:`load_npz` (and ``fpt analyse``) reads back."""
+        from fpt.storage import atomic_path
+
+        arrays = {"embeddings": self.x.astype(np.float32), "labels": np.array(self.labels)}
+        if self.paths is not None:
+            arrays["paths"] = np.array([str(q) for q in self.paths])
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays, representation=self.name)
+        return Path(path)
+
+
+#: on_progress(what, done, total): total None while unknown.
+Progress = Callable[[str, int, "int | None"], None]
+
+
+def representation_embedder(name: str, manifold: str | Path | None, device: str) -> tuple[Callable[[list], np.ndarray], str]:
+    """(embed(list[Tensor]) -> rows, display name) from fpt eval's registry of representations."""
+    from fpt.representations import build_representation
+
+    name = name.strip().lower()
+    if name.startswith("artifact-") and manifold is None:
+        raise ConfigError(f"representation {name} needs --manifold", hint="build one with fpt manifold build")
+    rep = build_representation(name, device=device, manifold=str(manifold) if manifold else None)
+    return rep.embed_images, rep.name
+
+
+def load_fingerprints(source: Path, *, representation: str = "artifact-rgb", manifold: Path | None = None,
+                      per_model: int = 0, real: Path | None = None, models: str = "*", crop: int = 64,
+                      seed: int = 0, device: str = "auto", on_progress: Progress | None = None) -> Fingerprints:
+    """Dispatch on ``source``: an .npz of embeddings, a ROOT folder (one sub-folder per model,
+    at most ``per_model`` seeded images of each), or a synthetic pool (.h5, applied to ``real``)."""
+    tick = on_progress or (lambda what, done, total: None)
+    if source.is_file() and source.suffix == ".npz":
+        x, labels = load_npz(source)
+        return Fingerprints(x, labels, source.name, "npz")
+    if source.is_dir():
+        import random
+
+        from fpt.images import find_images
+
+        files = find_images(source)
+        if per_model:
+            rng = random.Random(seed)
+            by: dict[str, list] = {}
+            for f, lab in zip(files, folder_labels(source, files)):
+                by.setdefault(lab, []).append(f)
+            files = sorted(f for fs in by.values() for f in (rng.sample(fs, per_model) if len(fs) > per_model else fs))
+        embed, name = representation_embedder(representation, manifold, device)
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            tick(f"embedding ({name})", done[0], len(files))
+
+        x, kept, failures = embed_files(files, embed, on_progress=advance)
+        return Fingerprints(x, folder_labels(source, kept), name, "folder", kept, failures)
+    if source.is_file() and source.suffix in (".h5", ".hdf5"):
+        if real is None:
+            raise ConfigError("analysing a synthetic pool needs --real DIR (the images its models are applied to)")
+        from fpt.devices import select_device
+
+        embed, name = representation_embedder(representation, manifold, device)
+        tick(f"pool models ({name})", 0, None)
+        x, labels = embed_pool(source, real, embed, per_model=per_model or 16, size=crop, models=models, seed=seed,
+                               device=str(select_device(device)),
+                               on_progress=lambda d, t: tick(f"pool models ({name})", d, t))
+        return Fingerprints(x, labels, name, "pool")
+    raise InputError("not a folder, an .npz file or a pool (.h5)", path=source)
+
+
 def plot_embedding(features: np.ndarray, labels: Sequence[str], path: str | Path, title: str) -> Path:
     """2-D PCA scatter of fingerprints coloured by model (cf. paper 002 Fig. 1), as PNG."""
     from fpt.report import pyplot, save_figure

@@ -149,3 +149,14 @@ def test_pool_analysis_end_to_end(tmp_path, rng, capsys):
     assert res["separability"]["n"] == 24
     assert [f["factor"] for f in res["factor_nmi"]] == ["U"]  # the only factor that varies here
     assert main(["analyse", str(pool), "-r", "freq"]) == 2  # --real missing
+
+    # The pool's rows saved and read back as an .npz: the same rows and labels, unit "model".
+    from fpt.separability import load_fingerprints, load_npz
+
+    fp = load_fingerprints(pool, representation="freq", real=real, per_model=4, device="cpu")
+    assert (fp.kind, fp.default_unit, fp.default_factors) == ("pool", "model", "synth")
+    saved = fp.save(tmp_path / "pool-rows.npz")
+    x2, labels2 = load_npz(saved)
+    assert np.allclose(x2, fp.x.astype(np.float32)) and labels2 == fp.labels
+    back = load_fingerprints(saved)
+    assert (back.kind, back.default_unit, back.name) == ("npz", "image", "pool-rows.npz")

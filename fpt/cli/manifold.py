@@ -121,47 +121,24 @@ def artifact_cmd(
     percentile among real images' own nearest-neighbour distances (~50: as close as real images
     are to each other; ~100: farther than almost any real image).
     """
-    import numpy as np
-
     from fpt.devices import select_device
-    from fpt.images import LoadFailure, find_images, iter_images
-    from fpt.manifold.artifact import Projector, save_projection_figure
+    from fpt.images import find_images
+    from fpt.manifold.artifact import project_files
     from fpt.manifold.store import Manifold
-    from fpt.report import print_json, print_table, progress, warn
+    from fpt.report import dumps_json, print_json, print_table, progress, warn
     from fpt.storage import atomic_path
 
     files = find_images(images)
-    results, failures = [], []
     with Manifold(manifold, device=select_device(device)) as m:
-        names = _spaces(space) if space else m.spaces
-        projectors = [Projector(m, n) for n in names]
+        names = _spaces(space) if space else None
         with progress(disable=json_out) as bar:
             task = bar.add_task("projecting", total=len(files))
-            for path, img in iter_images(files):
-                bar.advance(task)
-                if isinstance(img, LoadFailure):
-                    failures.append({"path": str(path), "error": img.reason})
-                    warn(f"skipped {img.reason}")
-                    continue
-                for pr in projectors:
-                    p = pr.project([img], keep_views=out is not None)[0]
-                    results.append({"path": str(path), **p.summary()})
-                    if out is not None:
-                        stem = f"{path.stem}.{p.space}"
-                        ref = pr.space.pixels(p.nearest_index)
-                        with atomic_path(out / f"{stem}.npz") as tmp:
-                            with open(tmp, "wb") as fh:
-                                np.savez_compressed(
-                                    fh, artifact=p.artifact, query_view=p.view,
-                                    nearest_view=ref.numpy() if ref is not None else np.zeros(0),
-                                    nearest_index=p.nearest_index, distance=p.distance,
-                                    sign_convention="a = x - x*")
-                        if not no_figures:
-                            save_projection_figure(p, pr.space, out / f"{stem}.png", f"{path.name} [{p.space}]")
+            results, failures = project_files(m, files, names, out=out, figures=not no_figures,
+                                              on_done=lambda _p: bar.advance(task))
+    for f in failures:
+        warn(f"skipped {f['error']}")
     payload = {"manifold": str(manifold), "sign_convention": "a(x) = x - x*", "results": results, "failures": failures}
     if out is not None:
-        from fpt.report import dumps_json
-
         with atomic_path(out / "artifacts.json") as tmp:
             tmp.write_text(dumps_json(payload))
     if json_out:
@@ -203,78 +180,40 @@ def analyse_cmd(
 ) -> None:
     """Separability of models in a fingerprint space (FDR, NMI, silhouette, Davies-Bouldin),
     and which design factor the fingerprint clusters follow (NMI per factor, paper 002 Table 6)."""
-    import random
-
-    import numpy as np
-
     from fpt import separability as an
-    from fpt.report import print_json, print_table, progress, warn
+    from fpt.report import print_json, progress, warn
 
-    failures: list = []
-    if source.is_file() and source.suffix == ".npz":
-        x, labels = an.load_npz(source)
-        rep_name = source.name
-    elif source.is_dir():
-        from fpt.images import find_images
-
-        files = find_images(source)
-        labels_all = an.folder_labels(source, files)
-        if per_model:
-            rng = random.Random(seed)
-            by: dict[str, list] = {}
-            for f, lab in zip(files, labels_all):
-                by.setdefault(lab, []).append(f)
-            files = sorted(f for fs in by.values() for f in (rng.sample(fs, per_model) if len(fs) > per_model else fs))
-        embed, rep_name = _representation(representation, manifold, device)
-        with progress(disable=json_out) as bar:
-            task = bar.add_task(f"embedding ({rep_name})", total=len(files))
-            x, kept, failures = an.embed_files(files, embed, on_progress=lambda n: bar.advance(task, n))
-        for _, reason in failures:
-            warn(f"skipped {reason}")
-        labels = an.folder_labels(source, kept)
-        if save is not None:
-            from fpt.storage import atomic_path
-
-            with atomic_path(save) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, embeddings=x.astype(np.float32), labels=np.array(labels),
-                             paths=np.array([str(p) for p in kept]), representation=rep_name)
-    elif source.is_file() and source.suffix in (".h5", ".hdf5"):
-        if real is None:
-            raise ConfigError("analysing a synthetic pool needs --real DIR (the images its models are applied to)")
-        embed, rep_name = _representation(representation, manifold, device)
-        from fpt.devices import select_device
-
-        with progress(disable=json_out) as bar:
-            task = bar.add_task(f"pool models ({rep_name})", total=None)
-            x, labels = an.embed_pool(source, real, embed, per_model=per_model or 16, size=crop, models=models, seed=seed,
-                                      device=str(select_device(device)),
-                                      on_progress=lambda d, t: bar.update(task, completed=d, total=t))
-        factors = factors or "synth"
-        unit = unit or "model"
-        if save is not None:
-            from fpt.storage import atomic_path
-
-            with atomic_path(save) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, embeddings=x.astype(np.float32), labels=np.array(labels), representation=rep_name)
-    else:
-        raise InputError("not a folder, an .npz file or a pool (.h5)", path=source)
-
-    unit = unit or "image"
-    sep = an.separability(x, labels, seed=seed, standardize=standardize)
+    with progress(disable=json_out) as bar:
+        task = bar.add_task("embedding", total=None, visible=False)  # .npz input: nothing to show
+        fp = an.load_fingerprints(source, representation=representation, manifold=manifold, per_model=per_model,
+                                  real=real, models=models, crop=crop, seed=seed, device=device,
+                                  on_progress=lambda what, d, t: bar.update(task, description=what, completed=d,
+                                                                            total=t, visible=True))
+    for _, reason in fp.failures:
+        warn(f"skipped {reason}")
+    if save is not None:
+        fp.save(save)
+    factors = factors or fp.default_factors
+    unit = unit or fp.default_unit
+    sep = an.separability(fp.x, fp.labels, seed=seed, standardize=standardize)
     if figure is not None:
-        an.plot_embedding(x, labels, figure, f"{rep_name}: {len(sep.models)} models")
+        an.plot_embedding(fp.x, fp.labels, figure, f"{fp.name}: {len(sep.models)} models")
     fac = None
     if factors:
-        table = an.synth_factor_table(sorted(set(labels))) if factors == "synth" else an.read_factor_csv(factors)
+        table = an.synth_factor_table(sorted(set(fp.labels))) if factors == "synth" else an.read_factor_csv(factors)
         names = [f.strip() for f in factor_names.split(",") if f.strip()] or None
-        fac = an.factor_nmi(x, labels, table, factors=names, unit=unit, seed=seed, standardize=standardize)
+        fac = an.factor_nmi(fp.x, fp.labels, table, factors=names, unit=unit, seed=seed, standardize=standardize)
     if json_out:
-        print_json({"source": str(source), "representation": rep_name, "separability": sep,
-                    "factor_nmi": fac, "failures": failures})
+        print_json({"source": str(source), "representation": fp.name, "separability": sep,
+                    "factor_nmi": fac, "failures": fp.failures})
         return
-    print_table(f"{rep_name}: {sep.n} fingerprints of {len(sep.models)} models ({sep.dim} dims)",
+    _print_separability(fp.name, sep, fac, unit)
+
+
+def _print_separability(name: str, sep, fac, unit: str) -> None:
+    from fpt.report import print_table
+
+    print_table(f"{name}: {sep.n} fingerprints of {len(sep.models)} models ({sep.dim} dims)",
                 ["metric", "value", "reading"],
                 [["FD ratio (paper 002 F.4)", sep.fdr, "inter/intra-class FD; higher = more separable"],
                  ["inter-class FD", sep.inter_fd, "mean over model pairs"],
@@ -287,17 +226,6 @@ def analyse_cmd(
         print_table(f"NMI of k-means clusters vs design factor (unit: {unit})", ["factor", "NMI", "k", "values"],
                     [[f.factor, f.nmi, f.k, ", ".join(f"{k}:{v}" for k, v in f.values.items())]
                      for f in sorted(fac, key=lambda r: -r.nmi)])
-
-
-def _representation(name: str, manifold: Path | None, device: str):
-    """(embed(list[Tensor]) -> ndarray, display name) from fpt eval's registry."""
-    from fpt.representations import build_representation
-
-    name = name.strip().lower()
-    if name.startswith("artifact-") and manifold is None:
-        raise ConfigError(f"representation {name} needs --manifold", hint="build one with fpt manifold build")
-    rep = build_representation(name, device=device, manifold=str(manifold) if manifold else None)
-    return rep.embed_images, rep.name
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ than almost every real image is from the others".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,3 +172,48 @@ def save_projection_figure(proj: Projection, space: ManifoldSpace, path: Path, t
         ax.set_yticks([])
     fig.suptitle(f"{title}   |a| = {proj.distance:.4g}" + (f" ({proj.percentile:.0f}th pct of real)" if proj.percentile is not None else ""))
     return save_figure(fig, path)
+
+
+def save_projection(proj: Projection, space: ManifoldSpace, out: Path, stem: str, *, figure: bool = True,
+                    title: str = "") -> None:
+    """``stem.npz`` (artifact, query and nearest views, distance) and, with ``figure``,
+    ``stem.png`` under ``out``."""
+    from fpt.storage import atomic_path
+
+    ref = space.pixels(proj.nearest_index)
+    with atomic_path(out / f"{stem}.npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, artifact=proj.artifact, query_view=proj.view,
+                                nearest_view=ref.numpy() if ref is not None else np.zeros(0),
+                                nearest_index=proj.nearest_index, distance=proj.distance,
+                                sign_convention="a = x - x*")
+    if figure:
+        save_projection_figure(proj, space, out / f"{stem}.png", title or stem)
+
+
+def project_files(manifold: Manifold, files: Sequence[Path], spaces: Sequence[str] | None = None, *,
+                  out: Path | None = None, figures: bool = True,
+                  on_done: Callable[[Path], None] | None = None) -> tuple[list[dict], list[dict]]:
+    """Project each readable image onto each space (default: all the manifold holds).
+
+    Returns one row per (image, space), :meth:`Projection.summary` plus ``path``, and the
+    unreadable files as ``{"path", "error"}``. With ``out``: :func:`save_projection` per row,
+    named ``<image stem>.<space>``.
+    """
+    from fpt.images import LoadFailure, iter_images
+
+    projectors = [Projector(manifold, n) for n in (spaces or manifold.spaces)]
+    results, failures = [], []
+    for path, img in iter_images(files):
+        if on_done:
+            on_done(path)
+        if isinstance(img, LoadFailure):
+            failures.append({"path": str(path), "error": img.reason})
+            continue
+        for pr in projectors:
+            proj = pr.project([img], keep_views=out is not None)[0]
+            results.append({"path": str(path), **proj.summary()})
+            if out is not None:
+                save_projection(proj, pr.space, out, f"{path.stem}.{proj.space}", figure=figures,
+                                title=f"{path.name} [{proj.space}]")
+    return results, failures
