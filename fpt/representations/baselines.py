@@ -40,40 +40,51 @@ def _chunks(seq: Sequence, n: int):
         yield seq[i:i + n]
 
 
-class PRNURepresentation:
+class _ResidualBaseline:
+    """What both baselines share: the luma high-pass residual of a fixed centre crop, turned
+    into rows 32 images at a time by :meth:`rows`."""
+
+    name = ""
+
+    def __init__(self, crop: int | None = None, baseline_crop: int | None = None, **_: object) -> None:
+        self.crop = int(crop or baseline_crop or BASELINE_CROP)
+
+    def rows(self, residual: torch.Tensor) -> torch.Tensor:  # (n, s, s) float64 -> (n, dim)
+        raise NotImplementedError
+
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    def embed_images(self, images: list[torch.Tensor]) -> np.ndarray:
+        out = [self.rows(_grey_residual(chunk, self.crop).double()).float().numpy() for chunk in _chunks(images, 32)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim()), np.float32)
+
+
+class PRNURepresentation(_ResidualBaseline):
     """Marra et al. (2019) averaged-residual correlation (see module docstring)."""
 
     name = "prnu"
 
-    def __init__(self, crop: int | None = None, baseline_crop: int | None = None, **_: object) -> None:
-        self.crop = int(crop or baseline_crop or BASELINE_CROP)
+    def rows(self, residual: torch.Tensor) -> torch.Tensor:
+        r = residual.flatten(1)
+        r = r - r.mean(dim=1, keepdim=True)
+        return r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    def embed_images(self, images: list[torch.Tensor]) -> np.ndarray:
-        out = []
-        for chunk in _chunks(images, 32):
-            r = _grey_residual(chunk, self.crop).flatten(1).double()
-            r = r - r.mean(dim=1, keepdim=True)
-            r = r / r.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            out.append(r.float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.crop * self.crop), np.float32)
+    def dim(self) -> int:
+        return self.crop * self.crop
 
 
-class SpectrumRepresentation:
+class SpectrumRepresentation(_ResidualBaseline):
     """Log azimuthal integral of the residual power spectrum, mean-removed (see module docstring)."""
 
     name = "spectrum"
 
-    def __init__(self, crop: int | None = None, baseline_crop: int | None = None, **_: object) -> None:
-        self.crop = int(crop or baseline_crop or BASELINE_CROP)
-
-    def embed_images(self, images: list[torch.Tensor]) -> np.ndarray:
+    def rows(self, residual: torch.Tensor) -> torch.Tensor:
         from fpt.spectrum import azimuthal_integral_fast
 
-        out = []
-        for chunk in _chunks(images, 32):
-            r = _grey_residual(chunk, self.crop).double()
-            ai = azimuthal_integral_fast(r)[:, 1:]  # drop DC: residual mean is ~0 anyway
-            v = torch.log10(ai.clamp_min(1e-20))
-            v = v - v.mean(dim=1, keepdim=True)
-            out.append(v.float().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.crop // 2 - 1), np.float32)
+        ai = azimuthal_integral_fast(residual)[:, 1:]  # drop DC: residual mean is ~0 anyway
+        v = torch.log10(ai.clamp_min(1e-20))
+        return v - v.mean(dim=1, keepdim=True)
+
+    def dim(self) -> int:
+        return self.crop // 2 - 1
