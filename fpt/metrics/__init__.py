@@ -1,1 +1,1 @@
-"""Metrics of the papers: Fréchet distances (FFD, FDR), attribution and clustering scores."""
+"""Metrics of the papers: verification and identification scores, the Fréchet distance (FFD, FDR), clustering."""
