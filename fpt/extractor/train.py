@@ -264,14 +264,16 @@ def _estimate_normalisation(net: FingerprintNet, stream: FingerprintStream, devi
 # ------------------------------------------------------------------------------- training
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True, log=print,
+def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
+          log: Callable[[str], None] = lambda _line: None,
           on_step: Callable[[int, int, str], None] | None = None,
           source: ModelSource | None = None, bank: CropBank | None = None, return_net: bool = False) -> TrainResult | None:
     """Train an extractor per ``cfg``; returns the result on rank 0 (None on other DDP ranks).
 
-    Progress goes through callbacks, on rank 0 only: ``log(line)`` for messages and
-    ``on_step(done, total, info)`` after every step (the CLI draws its bar with it). Without
-    ``on_step``, ``show_progress`` falls back to the report layer's bar.
+    The core never prints: progress goes through callbacks, on rank 0 only: ``log(line)`` for
+    messages (silent by default) and ``on_step(done, total, info)`` after every step (the CLI
+    draws its bar with it). Without ``on_step``, ``show_progress`` falls back to the report
+    layer's bar.
     """
     cfg.validate()
     world, rank, local = _dist_info()
