@@ -45,13 +45,13 @@ def _pct(value: float | None) -> str:
     return NOT_AVAILABLE if value is None else f"{100 * value:.1f} %"
 
 
-def _png(fig: Any, alt: str) -> str:
-    """``<img>`` with the figure embedded as a base64 PNG data URI; closes the figure."""
+def _png(fig: Any, alt: str, caption: str = "") -> str:
+    """``<figure>`` with the figure embedded as a base64 PNG data URI (and a caption); closes the figure."""
     from PIL import Image
 
     plt = pyplot()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)  # every figure is laid out already (tight_layout)
     plt.close(fig)
     # A 256-colour palette keeps spectra and plots visually identical and the PNGs ~3x smaller
     # (noisy colour-mapped spectra compress badly in true colour).
@@ -60,7 +60,8 @@ def _png(fig: Any, alt: str) -> str:
         small = io.BytesIO()
         im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(small, "PNG", optimize=True)
     data = base64.b64encode(small.getvalue()).decode("ascii")
-    return f'<img class="fig" alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+    cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
+    return f'<figure><img class="fig" alt="{_e(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
 # ---------------------------------------------------------------- figures
@@ -149,6 +150,8 @@ pre{background:#f6f8fa;border:1px solid #d0d4da;padding:8px;white-space:pre-wrap
 .probe{border:1px solid #d0d4da;border-radius:6px;padding:4px 16px 12px;margin:18px 0;page-break-inside:avoid}
 .figs{display:flex;flex-wrap:wrap;gap:10px;align-items:flex-start}img.fig{max-width:100%;height:auto}
 .small{font-size:0.85em;color:#4a4f57}
+figure{margin:0;display:table}figcaption{display:table-caption;caption-side:bottom;font-size:0.8em;color:#4a4f57;
+margin:2px 0 8px}
 """
 
 
@@ -262,8 +265,15 @@ def _probe(i: int, p: ProbeRecord, case: CaseFile) -> str:
     top = "".join(f"<tr><td>{k}</td><td>{_e(c.model)}</td><td>{_num(c.score, 6)}</td></tr>"
                   for k, c in enumerate(d.top, 1))
     out.append(f"<table><tr><th>rank</th><th>model</th><th>cosine</th></tr>{top}</table>")
-    out.append('<div class="figs">' + _png(topk_figure(p), "top-k bar chart")
-               + _png(score_figure(case.distributions, d.score, d.threshold), "score distributions") + "</div>")
+    out.append('<div class="figs">'
+               + _png(topk_figure(p), "top-k bar chart",
+                      "Cosine similarity of the probe's embedding to each enrolled model's fingerprint; at or above "
+                      "the dashed threshold the best model is attributed, below it the answer is unknown.")
+               + _png(score_figure(case.distributions, d.score, d.threshold), "score distributions",
+                      "The gallery's own images scored leave-one-out: green against their own model (what a "
+                      "correct attribution looks like), red against the best other model (what an image of a "
+                      "model that is not enrolled looks like). Black: this probe's best score.")
+               + "</div>")
     out.append("<h4>Spectral evidence</h4>")
     peaks = ", ".join(f"{_e(g.label)} x{g.strength:.0f}" for g in ev.peaks[:8]) or "none above threshold 10"
     out.append(_kv([("residual", _e(ev.residual)), ("HP ratio (Eq. 13)", _num(ev.hp_ratio)),
@@ -273,8 +283,13 @@ def _probe(i: int, p: ProbeRecord, case: CaseFile) -> str:
         from fpt.analysis import spectrum_figure
 
         figs.append(_png(spectrum_figure(ev.spectrum, f"{p.name} — {ev.residual} residual", ev.peaks),
-                         "log spectrum with grid peaks"))
-    figs.append(_png(ai_figure(ev), "azimuthal integral against model means"))
+                         "log spectrum with grid peaks",
+                         "Left: power spectrum of the probe's noise residual (DC centred); circles mark grid peaks "
+                         "at fractions of the sampling rate, the periodic traces of up-sampling. Middle: its "
+                         "azimuthal integral. Right: the residual's autocorrelation."))
+    figs.append(_png(ai_figure(ev), "azimuthal integral against model means",
+                     "The probe's azimuthal integral against the mean over the enrolled images of the attributed "
+                     "(or best) model and of the runner-up, where those image files are available."))
     out.append('<div class="figs">' + "".join(figs) + "</div>")
     out.append("<ul class=\"small\">" + _curve_note(ev.probe_ai) + _curve_note(ev.model_ai)
                + _curve_note(ev.runner_up_ai) + "</ul>")
