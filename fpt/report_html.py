@@ -208,7 +208,8 @@ def _summary(case: CaseFile) -> str:
             score = _num(d.score)
             lr = _na() if d.log10_lr is None else _lr_text(d.log10_lr, d.verbal)
         sha = f'<span class="mono">{_e(p.sha256)}</span>' if p.sha256 else _na()
-        rows.append(f'<tr><td><a href="#probe-{i}">{i}</a></td><td class="mono">{_e(p.name)}</td><td>{sha}</td>'
+        rows.append(f'<tr><td><a href="#probe-{i}">{i}</a></td>'
+                    f'<td class="mono" style="white-space:nowrap">{_e(p.name)}</td><td>{sha}</td>'
                     f"<td>{res}</td><td>{score}</td><td>{lr}</td></tr>")
     n_err = len(case.failed)
     head = (f"<p>{len(case.probes)} probe file(s) examined"

@@ -230,6 +230,8 @@ def test_bad_input(case_dir, tmp_path, capsys):
     assert main(["report", str(probe), "--gallery", str(tmp_path / "nope.h5"), "--out", str(out)]) == 3
     assert main(base + [str(tmp_path / "missing.png"), "--out", str(out)]) == 2
     assert main(base + [str(probe), "--out", str(out), "--top-k", "0"]) == 2
+    assert main(base + [str(probe), "--out", str(out), "--max-reference", "0"]) == 2
+    assert "--max-reference must be at least 1" in capsys.readouterr().err
     assert not out.exists()
     # a gallery made by another extractor
     other = FakeExtractor(crop_size=32, dim=16)

@@ -57,10 +57,11 @@ def register(app: typer.Typer) -> None:
         from fpt.report_html import case_json, render_case_html, write_text_atomic
 
         gpath = _gallery_path(gallery)
-        if top_k < 1:
-            from fpt.errors import ConfigError
+        for name, value in (("--top-k", top_k), ("--max-reference", max_reference)):
+            if value < 1:
+                from fpt.errors import ConfigError
 
-            raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+                raise ConfigError(f"{name} must be at least 1, got {value}")
         _refuse_overwriting_inputs(out, [gpath, *paths] + ([extractor] if extractor else []))
         ex = load_extractor(extractor, device)
         with progress(transient=True, disable=json_out) as prog:
