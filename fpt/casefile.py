@@ -26,7 +26,6 @@ import os
 import shlex
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from fpt.attribution import UNKNOWN, identify_embeddings
 from fpt.errors import EmptyInputError, InputError
 from fpt.extractor.embed import EmbedFailure, ExtractorLike, ImageEmbedding, iter_embeddings
 from fpt.gallery import Gallery, calibration_scores, load_gallery, now_iso
-from fpt.images import LoadFailure, find_images, iter_images
+from fpt.images import FileFacts, LoadFailure, file_facts, find_images, iter_images
 from fpt.spectrum import GridPeak
 from fpt.storage import file_sha256
 
@@ -217,64 +216,6 @@ def case_to_dict(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------- probe file facts
-
-
-@lru_cache(maxsize=1)
-def _ijg_luma_tables() -> np.ndarray:
-    """Pillow's (libjpeg's) luminance quantisation table for every quality 1..100, (100, 64)."""
-    from PIL import Image
-
-    tiny = Image.new("RGB", (8, 8))
-    out = []
-    for q in range(1, 101):
-        buf = io.BytesIO()
-        tiny.save(buf, "JPEG", quality=q)
-        buf.seek(0)
-        with Image.open(buf) as im:
-            out.append(np.asarray(im.quantization[0], np.int64))
-    return np.stack(out)
-
-
-def jpeg_quality(quantization: dict[int, Sequence[int]]) -> tuple[int, bool]:
-    """Estimate the IJG quality (1-100) from a JPEG's luminance quantisation table.
-
-    Returns ``(quality, exact)``: ``exact`` when the table is libjpeg's own for that quality;
-    cameras and editors with their own tables get the nearest quality (mean absolute difference).
-    """
-    luma = np.asarray(quantization[min(quantization)], np.int64)
-    d = np.abs(_ijg_luma_tables() - luma[None, :]).mean(axis=1)
-    q = int(np.argmin(d))
-    return q + 1, bool(d[q] == 0)
-
-
-@dataclass
-class FileFacts:
-    size_bytes: int | None
-    sha256: str | None
-    format: str | None
-    width: int | None
-    height: int | None
-    jpeg_quality: tuple[int, bool] | None
-
-
-def file_facts(path: Path) -> FileFacts:
-    """Size, hash, container format, dimensions and JPEG quality of a file; what cannot be read is None."""
-    from PIL import Image
-
-    size = sha = fmt = w = h = quality = None
-    try:
-        size = path.stat().st_size
-        sha = file_sha256(path)
-    except OSError:
-        pass
-    try:
-        with Image.open(path) as im:
-            fmt, (w, h) = im.format, im.size
-            if fmt == "JPEG" and getattr(im, "quantization", None):
-                quality = jpeg_quality(im.quantization)
-    except Exception:  # noqa: BLE001 - any decoder failure: the facts stay unknown, the load reports why
-        pass
-    return FileFacts(size, sha, fmt, w, h, quality)
 
 
 def input_warnings(facts: FileFacts, low_confidence: bool, window: int) -> list[str]:
@@ -545,5 +486,5 @@ def build_case(
 
 
 __all__ = ["CaseFile", "ExaminationRecord", "Calibrated", "ProbeRecord", "Decision", "Candidate", "Evidence",
-           "Curve", "ScoreContext", "ScoreDistributions", "build_case", "case_to_dict", "file_facts", "jpeg_quality",
-           "input_warnings", "model_mean_curve", "describe_extractor", "UNKNOWN"]
+           "Curve", "ScoreContext", "ScoreDistributions", "build_case", "case_to_dict", "input_warnings",
+           "model_mean_curve", "describe_extractor", "UNKNOWN"]

@@ -17,9 +17,10 @@ import pytest
 from PIL import Image
 from test_embed import FakeExtractor, real_extractor, write_model_folder
 
-from fpt.casefile import build_case, file_facts, jpeg_quality, model_mean_curve
+from fpt.casefile import build_case, model_mean_curve
 from fpt.cli import main
 from fpt.gallery import load_gallery
+from fpt.images import file_facts, jpeg_quality
 from fpt.report_html import case_json, render_case_html
 from fpt.storage import file_sha256
 
