@@ -348,8 +348,12 @@ def limitations_for(record: ExaminationRecord, g: Gallery, probes: list[ProbeRec
         out.append("Some probes are JPEG files: compression after generation weakens every fingerprint.")
     if any(p.error is None and any(w.startswith("small image") for w in p.warnings) for p in probes):
         out.append("Some probes are small: their spectra hold few frequency bins and their scores are less reliable.")
-    out.append("No likelihood ratio is reported unless the decision section shows one: a cosine score alone is not "
-               "a measure of evidential strength.")
+    if any(p.decision is not None and p.decision.log10_lr is not None for p in probes):
+        out.append("Likelihood ratios are only as reliable as the calibration data behind them: they describe how "
+                   "this gallery's own images scored, not every generator that exists.")
+    else:
+        out.append("No likelihood ratio is reported (not available for this gallery): a cosine score alone is not "
+                   "a measure of evidential strength.")
     return out
 
 
@@ -391,10 +395,15 @@ def build_case(
     batch_size: int = 64,
     max_reference: int = 64,
     command_line: Sequence[str] = (),
+    likelihood_ratio: Callable[[str, float], tuple[float, str | None] | None] | None = None,
     on_total: Callable[[int], None] | None = None,
     on_done: Callable[[Path], None] | None = None,
 ) -> CaseFile:
     """Examine ``probes`` (files and/or folders) against ``gallery`` with ``extractor``.
+
+    ``likelihood_ratio(model, score)``, where the decision layer has a calibrated one, returns
+    ``(log10 LR, verbal scale)`` for the best model's score (or None); without it the report says
+    "not available".
 
     Unreadable probes are kept in the case with their error. Raises :class:`InputError` for an
     empty gallery, :class:`fpt.errors.ExtractorMismatchError` when the gallery was built with
@@ -469,6 +478,9 @@ def build_case(
         d = by_path[r.path]
         pr.decision = Decision(model=d.model, identified=d.identified, score=d.score, best_model=d.best_model,
                                threshold=d.threshold, top=[Candidate(m, s) for m, s in d.top])
+        lr = likelihood_ratio(d.best_model, d.score) if likelihood_ratio is not None else None
+        if lr is not None:
+            pr.decision.log10_lr, pr.decision.verbal = float(lr[0]), lr[1]
         spec = spectra.pop(r.path)
         a = spec.arrays
         first = "attributed model" if d.identified else "best candidate (below threshold)"

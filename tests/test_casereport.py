@@ -167,10 +167,15 @@ def test_lr_fields_shown_when_present(case_dir):
     na = render_case_html(case)
     check_html(na)
     assert "not available (no likelihood-ratio calibration" in na
-    d.log10_lr, d.verbal = 2.25, "moderately strong support"
+    # the decision layer's hook (fpt.calibration, wired at merge) fills the fields
+    seen = []
+    case = build_case([probes / "a-model0.png"], g, load_extractor(ckpt, device="cpu"), top_k=2,
+                      likelihood_ratio=lambda m, s: seen.append((m, s)) or (2.25, "moderately strong support"))
+    d = case.probes[0].decision
+    assert seen == [(d.best_model, d.score)] and (d.log10_lr, d.verbal) == (2.25, "moderately strong support")
     html = render_case_html(case)
     check_html(html)
-    assert "+2.250" in html and "moderately strong support" in html
+    assert "+2.250" in html and "moderately strong support" in html and "Likelihood ratios are only as" in html
     assert case_json(case)["probes"][0]["decision"]["log10_lr"] == 2.25
 
 
