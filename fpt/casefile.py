@@ -328,13 +328,12 @@ def limitations_for(record: ExaminationRecord, g: Gallery, probes: list[ProbeRec
     out = [
         "An image is attributed to the closest model enrolled in this gallery. A model that is not enrolled can "
         "only come back unknown or be mistaken for a similar enrolled one"
-        + (f": at the calibrated threshold about {record.calibration.expected_far:.0%} of images from models that are "
+        + (f": at the calibrated threshold about {record.calibration.expected_far:.1%} of images from models that are "
            "not enrolled were accepted in the gallery's own leave-one-out test." if record.calibration else "."),
         f"The extractor: {record.extractor_description}.",
     ]
     if record.extractor_is_shipped:
-        out += ["Weak spot measured with this extractor (README, 'How well does it work?'): " + s
-                for s in README_WEAK_SPOTS]
+        out += ["Measured with this extractor (README, 'How well does it work?'): " + s for s in README_WEAK_SPOTS]
     else:
         out.append("This is not the extractor shipped with fpt: the README's evaluation does not apply to it and fpt "
                    "holds no evaluation of it.")

@@ -142,7 +142,7 @@ table{border-collapse:collapse;margin:6px 0 12px}td,th{border:1px solid #d0d4da;
 vertical-align:top}th{background:#f1f3f5}
 table.kv th{width:15em}
 code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:0.9em;word-break:break-all}
-pre{background:#f6f8fa;border:1px solid #d0d4da;padding:8px;white-space:pre-wrap;word-break:break-all}
+pre{background:#f6f8fa;border:1px solid #d0d4da;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere}
 .verdict{font-size:1.3em;font-weight:bold;padding:6px 10px;border-radius:4px;display:inline-block}
 .ok{background:#e3f3e6;color:#1d5c2c}.unknown{background:#fbe9e7;color:#8c1d18}.err{color:#8c1d18}
 .warn{background:#fff6d6;border-left:4px solid #d9a400;padding:4px 8px;margin:4px 0}
