@@ -22,10 +22,12 @@ Pillow's decompression-bomb guard is enforced as a hard error (not a warning) ab
 
 from __future__ import annotations
 
+import io
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +301,62 @@ def sliding_windows(img: torch.Tensor, size: int, n: int = 3) -> tuple[torch.Ten
         for l in window_offsets(w, size, n)
     ]
     return torch.stack(crops), padded
+
+
+# ---------------------------------------------------------------- file facts (case reports)
+
+
+@lru_cache(maxsize=1)
+def _ijg_luma_tables() -> np.ndarray:
+    """Pillow's (libjpeg's) luminance quantisation table for every quality 1..100, (100, 64)."""
+    tiny = Image.new("RGB", (8, 8))
+    out = []
+    for q in range(1, 101):
+        buf = io.BytesIO()
+        tiny.save(buf, "JPEG", quality=q)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            out.append(np.asarray(im.quantization[0], np.int64))
+    return np.stack(out)
+
+
+def jpeg_quality(quantization: dict[int, Sequence[int]]) -> tuple[int, bool]:
+    """Estimate the IJG quality (1-100) from a JPEG's luminance quantisation table.
+
+    Returns ``(quality, exact)``: ``exact`` when the table is libjpeg's own for that quality;
+    cameras and editors with their own tables get the nearest quality (mean absolute difference).
+    """
+    luma = np.asarray(quantization[min(quantization)], np.int64)
+    d = np.abs(_ijg_luma_tables() - luma[None, :]).mean(axis=1)
+    q = int(np.argmin(d))
+    return q + 1, bool(d[q] == 0)
+
+
+@dataclass
+class FileFacts:
+    size_bytes: int | None
+    sha256: str | None
+    format: str | None
+    width: int | None
+    height: int | None
+    jpeg_quality: tuple[int, bool] | None
+
+
+def file_facts(path: Path) -> FileFacts:
+    """Size, hash, container format, dimensions and JPEG quality of a file; what cannot be read is None."""
+    from fpt.storage import file_sha256  # lazily: image loading itself needs no HDF5
+
+    size = sha = fmt = w = h = quality = None
+    try:
+        size = path.stat().st_size
+        sha = file_sha256(path)
+    except OSError:
+        pass
+    try:
+        with Image.open(path) as im:
+            fmt, (w, h) = im.format, im.size
+            if fmt == "JPEG" and getattr(im, "quantization", None):
+                quality = jpeg_quality(im.quantization)
+    except Exception:  # noqa: BLE001 - any decoder failure: the facts stay unknown, the load reports why
+        pass
+    return FileFacts(size, sha, fmt, w, h, quality)

@@ -40,6 +40,7 @@ def _register_commands() -> None:
 
     for module in (spectrum, synth, train, attribution, manifold):
         module.register(app)
+    __import__("fpt.cli.casereport", fromlist=["register"]).register(app)  # fpt report (one line: merge-friendly)
 
 
 _register_commands()
