@@ -13,7 +13,7 @@ extractor:
 - limitations in plain words and the commands that reproduce the examination.
 
 It reuses the library throughout (:mod:`fpt.images` to load, :mod:`fpt.extractor.embed` to embed,
-:mod:`fpt.attribution` to decide, :mod:`fpt.analysis` for spectra, :mod:`fpt.gallery` for the
+:mod:`fpt.attribution` to decide, :mod:`fpt.spectrum.analysis` for spectra, :mod:`fpt.gallery` for the
 calibration scores) and returns dataclasses; rendering (HTML, JSON) is the report layer's job
 (:mod:`fpt.report_html`). Pure: no printing, no rich / typer.
 """
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from fpt import __version__
-from fpt.analysis import SpectrumArrays, analyse_paths, analyse_tensor, resolve_residual
+from fpt.spectrum.analysis import SpectrumArrays, analyse_paths, analyse_tensor, resolve_residual
 from fpt.attribution import UNKNOWN, identify_embeddings
 from fpt.errors import EmptyInputError, InputError
 from fpt.extractor.embed import EmbedFailure, ExtractorLike, ImageEmbedding, iter_embeddings

@@ -281,7 +281,7 @@ def _probe(i: int, p: ProbeRecord, case: CaseFile) -> str:
                     ("grid peaks (fy, fx) x strength", peaks)]))
     figs = []
     if ev.spectrum is not None:
-        from fpt.analysis import spectrum_figure
+        from fpt.spectrum.analysis import spectrum_figure
 
         figs.append(_png(spectrum_figure(ev.spectrum, f"{p.name} — {ev.residual} residual", ev.peaks),
                          "log spectrum with grid peaks",
