@@ -34,6 +34,20 @@ class Identification:
         return self.model != UNKNOWN
 
 
+def identification_record(r: Identification) -> dict:
+    """The JSON record of one identified image: ``fpt identify --json`` results and ``--jsonl`` lines.
+
+    The one place that decides a result's fields, so the two outputs cannot drift apart.
+    """
+    return {"path": r.path, "model": r.model, "score": r.score, "best_model": r.best_model,
+            "top": [{"model": m, "score": s} for m, s in r.top], "low_confidence": r.low_confidence}
+
+
+def failure_record(path: str | Path, reason: str) -> dict:
+    """The JSON record of a file that could not be used (``failed`` entries, error lines of a scan)."""
+    return {"path": str(path), "error": reason}
+
+
 def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshold: float | None = None,
                         paths: list[str | None] | None = None, low_confidence: np.ndarray | None = None,
                         ) -> list[Identification]:
@@ -189,6 +203,6 @@ def lineage(names: list[str], fingerprints: np.ndarray) -> Lineage:
     return Lineage(list(names), _linkage(d, method="average"), d)
 
 
-__all__ = ["UNKNOWN", "Identification", "identify_embeddings", "Verification", "verify_embeddings",
+__all__ = ["UNKNOWN", "Identification", "identification_record", "failure_record", "identify_embeddings", "Verification", "verify_embeddings",
            "set_fingerprint", "VerifyCalibration", "verify_threshold", "gallery_embeddings", "Lineage",
            "lineage", "best_accuracy"]

@@ -378,7 +378,7 @@ def register(app: typer.Typer) -> None:
         """Which enrolled model made each image, or unknown (exit 10 if any unknown)."""
         import numpy as np
 
-        from fpt.attribution import identify_embeddings
+        from fpt.attribution import failure_record, identification_record, identify_embeddings
         from fpt.gallery import load_gallery
         from fpt.images import find_images
         from fpt.report import console, print_json, warn
@@ -410,10 +410,8 @@ def register(app: typer.Typer) -> None:
         t_used = threshold if threshold is not None else (g.calibration.threshold if g.calibration else None)
         if json_out:
             print_json({"gallery": str(g.path), "threshold": t_used, "threshold_source": src,
-                        "results": [{"path": r.path, "model": r.model, "score": r.score, "best_model": r.best_model,
-                                     "top": [{"model": m, "score": s} for m, s in r.top],
-                                     "low_confidence": r.low_confidence} for r in results],
-                        "failed": [{"path": str(f.path), "error": f.reason} for f in failed],
+                        "results": [identification_record(r) for r in results],
+                        "failed": [failure_record(f.path, f.reason) for f in failed],
                         "summary": {"images": len(results), "identified": len(results) - n_unknown,
                                     "unknown": n_unknown, "failed": len(failed)}})
         elif csv_out:
