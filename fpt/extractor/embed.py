@@ -53,6 +53,12 @@ class ImageEmbedding:
     width: int
 
 
+def embedding_record(r: ImageEmbedding) -> dict:
+    """The JSON record of one embedded image (``fpt embed --jsonl`` lines; the .npz's fields)."""
+    return {"path": None if r.path is None else str(r.path), "embedding": [float(x) for x in r.embedding],
+            "low_confidence": bool(r.low_confidence), "height": int(r.height), "width": int(r.width)}
+
+
 @dataclass
 class EmbedFailure:
     path: Path
