@@ -63,7 +63,10 @@ def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshol
     if emb.shape[1] != fps.shape[1]:
         raise InputError(f"embeddings have {emb.shape[1]} dims, gallery fingerprints {fps.shape[1]}", path=g.path)
     t = threshold if threshold is not None else (g.calibration.threshold if g.calibration else None)
-    sims = cosine_matrix(emb, fps)
+    # float64 then rounded to float32: a float32 matrix product rounds differently with the number
+    # of probes (BLAS picks other kernels), and a probe's score must not depend on which probes it
+    # was scored with (chunked --jsonl scans, torchrun ranks and --json must agree to the bit)
+    sims = cosine_matrix(emb.astype(np.float64), fps.astype(np.float64)).astype(np.float32)
     k = max(1, min(top_k, len(names)))
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     out = []

@@ -124,8 +124,8 @@ def _scan_to_file(kind: str, files: list[Path], ex, *, jsonl: Optional[Path], cs
         from fpt.errors import EmptyInputError
 
         raise EmptyInputError(f"none of the {s.records} input image(s) could be read", path=out)
-    if sh.count > 1:
-        return 0  # exit codes 10/11 describe a whole scan; a part's summary is in its file
+    if sh.count > 1 or kind != "identify":
+        return 0  # exit codes 10/11 are identify's, and describe a whole scan (not one part)
     return EXIT_UNKNOWN if s.unknown else (EXIT_SOME_FAILED if s.failed else 0)
 
 
