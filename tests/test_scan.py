@@ -270,3 +270,33 @@ def test_torchrun_two_processes_equal_one_process(real_setup, probes, tmp_path):
     assert two.read_bytes() == one.read_bytes()
     assert not list(tmp_path.glob("two.jsonl.rank*"))
     assert json.loads(r2.stdout)["records"] == 13
+
+
+def test_synth_under_torchrun_splits_jobs_into_one_pool(tmp_path):
+    """`torchrun -m fpt synth`: the ranks share the job list and write one pool (same models as 1 process)."""
+    from PIL import Image
+
+    from fpt.synth.pool import Pool
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    common = ["synth", "--images", str(photos), "--arch", "K1-L1-post-nearest-*-none", "--grid-depths", "3",
+              "--size", "16", "--width", "4", "--batch", "4", "--max-steps", "3", "--crops", "16", "--device", "cpu",
+              "--json"]
+    pool = tmp_path / "pool.h5"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fpt",
+           *common, "--out", str(pool)]
+    r = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trained = [json.loads(part)["trained"] for part in r.stdout.replace("}\n{", "}\x00{").split("\x00")]
+    assert sorted(trained) == [2, 3]  # 5 jobs, round-robin over 2 ranks
+    with Pool.open(pool) as p:
+        ids = list(p.model_ids)
+    assert len(ids) == 5 and not (tmp_path / "pool.h5.parts").exists()
+    one = tmp_path / "one.h5"
+    assert main(["--threads", "1", *common, "--out", str(one)]) == 0
+    with Pool.open(one) as p:
+        assert list(p.model_ids) == ids
