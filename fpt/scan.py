@@ -754,9 +754,11 @@ def scan_identify(files: Sequence[Path], out: str | Path, gallery, ex, *, fmt: s
     k = max(1, min(top_k, len(gallery.models)))
     template = identification_record(Identification("", "", 0.0, "", [("", 0.0)] * k, None))
 
+    fingerprints = gallery.fingerprint_matrix()  # once, not per chunk: O(models x images per model)
+
     def make(embs: list) -> list[dict]:
         res = identify_embeddings(gallery, np.stack([r.embedding for r in embs]), top_k=top_k, threshold=threshold,
-                                  paths=[str(r.path) for r in embs],
+                                  paths=[str(r.path) for r in embs], fingerprints=fingerprints,
                                   low_confidence=np.array([r.low_confidence for r in embs]))
         return [identification_record(r) for r in res]
 

@@ -300,3 +300,13 @@ def test_synth_under_torchrun_splits_jobs_into_one_pool(tmp_path):
     assert main(["--threads", "1", *common, "--out", str(one)]) == 0
     with Pool.open(one) as p:
         assert list(p.model_ids) == ids
+
+
+def test_top_k_indices_equals_a_full_sort():
+    from fpt.attribution import top_k_indices
+
+    s = np.array([[0.1, 0.9, 0.5, 0.9, 0.2], [0.3, 0.3, 0.3, 0.1, 0.0]], np.float32)
+    np.testing.assert_array_equal(top_k_indices(s, 3), [[1, 3, 2], [0, 1, 2]])  # ties: lower column first
+    rng = np.random.default_rng(0)
+    big = rng.random((20, 5000)).astype(np.float32)
+    np.testing.assert_array_equal(top_k_indices(big, 5), np.argsort(-big, axis=1, kind="stable")[:, :5])
