@@ -184,9 +184,9 @@ def print_scan_summary(s: Any) -> None:
                           markup=False, highlight=False, soft_wrap=True)
     if s.part and s.out != s.part:
         console.print(f"part {s.shard[0]} of {s.shard[1]}: {s.part}", markup=False)
+    console.print(f"{s.out}: {s.records} record(s), {s.images} image(s), {s.failed} unreadable, "
+                  f"{s.low_confidence} low-confidence", markup=False)
     if s.models:
-        print_table(f"{s.out}: {s.records} record(s)", ["model", "images"], list(s.models.items()),
-                    caption=f"{s.failed} unreadable, {s.low_confidence} low-confidence")
-    else:
-        console.print(f"{s.out}: {s.records} record(s), {s.images} image(s), {s.failed} unreadable, "
-                      f"{s.low_confidence} low-confidence", markup=False)
+        from rich.markup import escape  # model names are user strings: never markup
+
+        print_table(None, ["model", "images"], [[escape(m), n] for m, n in s.models.items()])
