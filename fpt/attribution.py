@@ -34,24 +34,56 @@ class Identification:
         return self.model != UNKNOWN
 
 
+def identification_record(r: Identification) -> dict:
+    """The JSON record of one identified image: ``fpt identify --json`` results and ``--jsonl`` lines.
+
+    The one place that decides a result's fields, so the two outputs cannot drift apart.
+    """
+    return {"path": r.path, "model": r.model, "score": r.score, "best_model": r.best_model,
+            "top": [{"model": m, "score": s} for m, s in r.top], "low_confidence": r.low_confidence}
+
+
+def failure_record(path: str | Path, reason: str) -> dict:
+    """The JSON record of a file that could not be used (``failed`` entries, error lines of a scan)."""
+    return {"path": str(path), "error": reason}
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Columns of the ``k`` highest scores of each row, best first (ties: lower column first).
+
+    A partial sort (O(models) per row) instead of a full one: with 10^5 models the full argsort,
+    not the matrix product, was most of identify's cost.
+    """
+    n = scores.shape[1]
+    if k >= n:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(scores, part, axis=1)
+    return np.take_along_axis(part, np.lexsort((part, -vals), axis=-1), axis=1)
+
+
 def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshold: float | None = None,
                         paths: list[str | None] | None = None, low_confidence: np.ndarray | None = None,
-                        ) -> list[Identification]:
+                        fingerprints: tuple[list[str], np.ndarray] | None = None) -> list[Identification]:
     """Rank the gallery's models for each row of ``emb``; below ``threshold`` -> unknown.
 
     ``threshold=None`` uses the gallery's calibrated threshold (if it has none, every probe is
-    attributed to its best model and the caller should warn).
+    attributed to its best model and the caller should warn). ``fingerprints`` is
+    ``g.fingerprint_matrix()`` computed once by callers that identify chunk after chunk.
     """
-    names, fps = g.fingerprint_matrix()
+    names, fps = fingerprints if fingerprints is not None else g.fingerprint_matrix()
     if not names:
         raise InputError("the gallery has no models", path=g.path, hint="enroll some: fpt enroll MODEL IMAGES...")
     emb = np.atleast_2d(np.asarray(emb, np.float32))
     if emb.shape[1] != fps.shape[1]:
         raise InputError(f"embeddings have {emb.shape[1]} dims, gallery fingerprints {fps.shape[1]}", path=g.path)
     t = threshold if threshold is not None else (g.calibration.threshold if g.calibration else None)
-    sims = cosine_matrix(emb, fps)
+    # float64 then rounded to float32: a float32 matrix product rounds differently with the number
+    # of probes (BLAS picks other kernels), and a probe's score must not depend on which probes it
+    # was scored with (chunked --jsonl scans, torchrun ranks and --json must agree to the bit)
+    sims = cosine_matrix(emb.astype(np.float64), fps.astype(np.float64)).astype(np.float32)
     k = max(1, min(top_k, len(names)))
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    order = top_k_indices(sims, k)
     out = []
     for i in range(emb.shape[0]):
         top = [(names[j], float(sims[i, j])) for j in order[i]]
@@ -189,6 +221,6 @@ def lineage(names: list[str], fingerprints: np.ndarray) -> Lineage:
     return Lineage(list(names), _linkage(d, method="average"), d)
 
 
-__all__ = ["UNKNOWN", "Identification", "identify_embeddings", "Verification", "verify_embeddings",
+__all__ = ["UNKNOWN", "Identification", "identification_record", "failure_record", "identify_embeddings", "top_k_indices", "Verification", "verify_embeddings",
            "set_fingerprint", "VerifyCalibration", "verify_threshold", "gallery_embeddings", "Lineage",
            "lineage", "best_accuracy"]

@@ -34,10 +34,12 @@ def configure_threads(num_threads: int | None = None) -> int:
     """Set torch's intra-op threads: ``FPT_THREADS`` or the argument, else one per physical core.
 
     On small machines oversubscribing (torch's default plus interop threads) costs more than it
-    gains, so we pin to ``os.cpu_count()``.
+    gains, so we pin to ``os.cpu_count()`` — shared among the processes torchrun starts on this
+    machine (``LOCAL_WORLD_SIZE``), which would otherwise each take every core.
     """
     env = os.environ.get("FPT_THREADS")
-    n = num_threads or (int(env) if env else None) or (os.cpu_count() or 1)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    n = num_threads or (int(env) if env else None) or max(1, (os.cpu_count() or 1) // local)
     torch.set_num_threads(max(1, n))
     return torch.get_num_threads()
 

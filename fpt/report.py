@@ -186,3 +186,20 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def print_scan_summary(s: Any) -> None:
+    """Human summary of a streamed scan (:class:`fpt.scan.ScanSummary`), counted from its file."""
+    if s.inputs or s.new or s.skipped:
+        err_console.print(f"{s.inputs} input file(s): {s.new} recorded now, {s.skipped} already in the output"
+                          + (f", {s.rescanned} changed on disk and re-scanned" if s.rescanned else "")
+                          + ("; a torn last record of a killed run was cut off" if s.dropped_torn else ""),
+                          markup=False, highlight=False, soft_wrap=True)
+    if s.part and s.out != s.part:
+        console.print(f"part {s.shard[0]} of {s.shard[1]}: {s.part}", markup=False)
+    console.print(f"{s.out}: {s.records} record(s), {s.images} image(s), {s.failed} unreadable, "
+                  f"{s.low_confidence} low-confidence", markup=False)
+    if s.models:
+        from rich.markup import escape  # model names are user strings: never markup
+
+        print_table(None, ["model", "images"], [[escape(m), n] for m, n in s.models.items()])

@@ -36,9 +36,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from fpt.cli import attribution, manifold, spectrum, synth, train
+    from fpt.cli import attribution, manifold, scan, spectrum, synth, train
 
-    for module in (spectrum, synth, train, attribution, manifold):
+    for module in (spectrum, synth, train, attribution, manifold, scan):
         module.register(app)
     __import__("fpt.cli.casereport", fromlist=["register"]).register(app)  # fpt report (one line: merge-friendly)
 

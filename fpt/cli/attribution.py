@@ -78,6 +78,77 @@ def _short_date(iso: str) -> str:
     return iso[:16].replace("T", " ") if iso else ""
 
 
+# Options of the streaming scan (fpt identify / fpt embed with --jsonl or --csv-file), see fpt.scan.
+_JSONL_HELP = "Write one JSON record per image to FILE as the scan goes (chunked, fsync'ed; see docs/scaling.md)."
+_CSV_FILE_HELP = "Write one CSV row per image to FILE as the scan goes (like --jsonl)."
+_RESUME_HELP = "Continue the scan in FILE: skip images already there (same path and sha256), append the rest."
+_WORKERS_HELP = "Decoding processes for --jsonl/--csv-file scans (0: decode in the main process)."
+_FLUSH_HELP = "Records per fsync'ed chunk: a killed scan loses at most this many."
+_SHARD_HELP = "Scan only part i of n (0-based) into FILE.rank<i>-of-<n>; join them with `fpt scan merge FILE`."
+
+
+def _scan_device(device: str) -> str:
+    """Under torchrun each rank takes its own GPU."""
+    from fpt.scan import rank_device, shard_spec
+
+    return rank_device(device, shard_spec(None))
+
+
+def _scan_to_file(kind: str, files: list[Path], ex, *, jsonl: Optional[Path], csv_file: Optional[Path],
+                  resume: bool, workers: int, flush_every: int, shard: Optional[str], json_out: bool,
+                  windows: Optional[int], batch_size: int, gallery=None, top_k: int = 3,
+                  threshold: Optional[float] = None) -> int:
+    """Run a streaming scan (identify or embed) into --jsonl/--csv-file; render its summary; exit code."""
+    from fpt.report import print_json, print_scan_summary, progress
+    from fpt.scan import scan_embed, scan_identify, shard_bounds, shard_spec
+
+    sh = shard_spec(shard)
+    out, fmt = (jsonl, "jsonl") if jsonl is not None else (csv_file, "csv")
+    lo, hi = shard_bounds(len(files), sh.index, sh.count)
+    common = dict(fmt=fmt, windows=windows, batch_size=batch_size, workers=workers, resume=resume,
+                  flush_every=flush_every, shard=sh)
+    with progress(transient=True, disable=json_out or sh.rank != 0) as prog:
+        task = prog.add_task(kind if sh.count == 1 else f"{kind} (part {sh.index} of {sh.count})", total=hi - lo)
+        common["on_done"] = lambda k: prog.advance(task, k)
+        if kind == "identify":
+            s = scan_identify(files, out, gallery, ex, top_k=top_k, threshold=threshold, **common)
+        else:
+            s = scan_embed(files, out, ex, **common)
+    if sh.world > 1 and sh.auto_merge and sh.rank != 0:
+        return 0  # rank 0 reports the merged scan
+    if json_out:
+        print_json(s)
+    else:
+        print_scan_summary(s)
+    if not s.images and s.records:
+        from fpt.errors import EmptyInputError
+
+        raise EmptyInputError(f"none of the {s.records} input image(s) could be read", path=out)
+    if sh.count > 1 or kind != "identify":
+        return 0  # exit codes 10/11 are identify's, and describe a whole scan (not one part)
+    return EXIT_UNKNOWN if s.unknown else (EXIT_SOME_FAILED if s.failed else 0)
+
+
+def _check_scan_options(jsonl, csv_file, resume, workers, shard, *stdout_flags) -> bool:
+    """True when a streaming scan is asked for; refuse combinations that cannot work."""
+    from fpt.errors import ConfigError
+    from fpt.scan import shard_spec
+
+    if jsonl is not None and csv_file is not None:
+        raise ConfigError("--jsonl and --csv-file are exclusive")
+    to_file = jsonl is not None or csv_file is not None
+    if not to_file:
+        for flag, name in ((resume, "--resume"), (workers, "--workers"), (shard, "--shard")):
+            if flag:
+                raise ConfigError(f"{name} works with a streamed scan", hint="add --jsonl FILE or --csv-file FILE")
+        if shard_spec(None).world > 1:
+            raise ConfigError("under torchrun, results must go to a file", hint="add --jsonl FILE or --csv-file FILE")
+    elif any(stdout_flags):
+        raise ConfigError("--csv (to stdout) and --jsonl/--csv-file are exclusive",
+                          hint="--json prints the scan's summary")
+    return to_file
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
 
@@ -85,20 +156,42 @@ def register(app: typer.Typer) -> None:
     @app.command("embed")
     def embed_cmd(
         paths: list[Path] = typer.Argument(..., help="Images and/or folders (searched recursively)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, paths, low_confidence, extractor hash)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .npz (embeddings, paths, low_confidence, extractor hash)."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
         windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
         batch_size: int = typer.Option(64, "--batch-size", help="Window crops per forward pass (bounds memory)."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+        jsonl: Optional[Path] = typer.Option(None, "--jsonl", help=_JSONL_HELP),
+        csv_file: Optional[Path] = typer.Option(None, "--csv-file", help=_CSV_FILE_HELP),
+        resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
+        workers: int = typer.Option(0, "--workers", help=_WORKERS_HELP),
+        flush_every: int = typer.Option(256, "--flush-every", help=_FLUSH_HELP),
+        shard: Optional[str] = typer.Option(None, "--shard", help=_SHARD_HELP),
     ) -> None:
-        """Write fingerprint embeddings of images to an .npz for analysis elsewhere."""
+        """Write fingerprint embeddings of images to an .npz (or stream them to --jsonl/--csv-file)."""
         from fpt.extractor.embed import save_embeddings_npz
         from fpt.images import find_images
         from fpt.report import console, print_json
 
+        to_file = _check_scan_options(jsonl, csv_file, resume, workers, shard)
+        if to_file and out is not None:
+            from fpt.errors import ConfigError
+
+            raise ConfigError("--out (.npz) and --jsonl/--csv-file are exclusive")
+        if not to_file and out is None:
+            from fpt.errors import ConfigError
+
+            raise ConfigError("no output given", hint="--out FILE.npz, or --jsonl FILE / --csv-file FILE for big folders")
         files = find_images(paths)
-        ex = load_extractor(extractor, device)
+        ex = load_extractor(extractor, _scan_device(device))
+        if to_file:
+            code = _scan_to_file("embed", files, ex, jsonl=jsonl, csv_file=csv_file, resume=resume, workers=workers,
+                                 flush_every=flush_every, shard=shard, json_out=json_out, windows=windows,
+                                 batch_size=batch_size)
+            if code:
+                raise typer.Exit(code)
+            return
         ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=json_out)
         _report_failures(failed)
         _require_readable(ok, failed)
@@ -374,11 +467,17 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(64, "--batch-size"),
         json_out: bool = typer.Option(False, "--json", help="JSON to stdout."),
         csv_out: bool = typer.Option(False, "--csv", help="CSV to stdout."),
+        jsonl: Optional[Path] = typer.Option(None, "--jsonl", help=_JSONL_HELP),
+        csv_file: Optional[Path] = typer.Option(None, "--csv-file", help=_CSV_FILE_HELP),
+        resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
+        workers: int = typer.Option(0, "--workers", help=_WORKERS_HELP),
+        flush_every: int = typer.Option(256, "--flush-every", help=_FLUSH_HELP),
+        shard: Optional[str] = typer.Option(None, "--shard", help=_SHARD_HELP),
     ) -> None:
         """Which enrolled model made each image, or unknown (exit 10 if any unknown)."""
         import numpy as np
 
-        from fpt.attribution import identify_embeddings
+        from fpt.attribution import failure_record, identification_record, identify_embeddings
         from fpt.gallery import load_gallery
         from fpt.images import find_images
         from fpt.report import console, print_json, warn
@@ -387,18 +486,26 @@ def register(app: typer.Typer) -> None:
             from fpt.errors import ConfigError
 
             raise ConfigError("--json and --csv are exclusive")
+        to_file = _check_scan_options(jsonl, csv_file, resume, workers, shard, csv_out)
         g = load_gallery(_gallery_path(gallery))
         if not g.models:
             from fpt.errors import InputError
 
             raise InputError("the gallery has no models", path=g.path, hint="fpt enroll MODEL IMAGES...")
         files = find_images(paths)
-        ex = load_extractor(extractor, device)
+        ex = load_extractor(extractor, _scan_device(device))
         g.check_extractor(ex.sha256)
         quiet = json_out or csv_out
         if threshold is None and g.calibration is None:
             warn("gallery is not calibrated (needs 2+ models with 2+ images): no image can come back unknown; "
                  "pass --threshold or enroll more models")
+        if to_file:
+            code = _scan_to_file("identify", files, ex, jsonl=jsonl, csv_file=csv_file, resume=resume,
+                                 workers=workers, flush_every=flush_every, shard=shard, json_out=json_out,
+                                 windows=windows, batch_size=batch_size, gallery=g, top_k=top_k, threshold=threshold)
+            if code:
+                raise typer.Exit(code)
+            return
         ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=quiet, description="identifying")
         _report_failures(failed)
         _require_readable(ok, failed)
@@ -410,10 +517,8 @@ def register(app: typer.Typer) -> None:
         t_used = threshold if threshold is not None else (g.calibration.threshold if g.calibration else None)
         if json_out:
             print_json({"gallery": str(g.path), "threshold": t_used, "threshold_source": src,
-                        "results": [{"path": r.path, "model": r.model, "score": r.score, "best_model": r.best_model,
-                                     "top": [{"model": m, "score": s} for m, s in r.top],
-                                     "low_confidence": r.low_confidence} for r in results],
-                        "failed": [{"path": str(f.path), "error": f.reason} for f in failed],
+                        "results": [identification_record(r) for r in results],
+                        "failed": [failure_record(f.path, f.reason) for f in failed],
                         "summary": {"images": len(results), "identified": len(results) - n_unknown,
                                     "unknown": n_unknown, "failed": len(failed)}})
         elif csv_out:

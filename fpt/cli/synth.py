@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         max_images: int = typer.Option(0, "--max-images", help="Use at most this many images (0 = all)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
         workers: int = typer.Option(1, "--workers", help="CPU processes (one per core)."),
-        shard: str = typer.Option(None, "--shard", help="Build only part i of n of the job list: 'i/n' (0-based)."),
+        shard: str = typer.Option(None, "--shard", help="Build only part i of n of the job list: 'i/n' (0-based); under torchrun each rank takes its share of it."),
         channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels-last memory format (faster on CPU)."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
@@ -88,7 +88,8 @@ def register(app: typer.Typer) -> None:
         from fpt.report import err_console, print_json, progress, warn
         from fpt.synth.pool import build_pool, summarise
         from fpt.synth.space import grid_space, select_archs
-        from fpt.synth.train import CropBank, TrainConfig, parse_shard, plan_jobs, shard_jobs
+        from fpt.scan import shard_spec
+        from fpt.synth.train import CropBank, TrainConfig, plan_jobs, shard_jobs
 
         if not images:
             raise ConfigError("--images is required: the real images the synthetic models learn from",
@@ -99,8 +100,11 @@ def register(app: typer.Typer) -> None:
         fd_archs = [] if arch.strip().lower() == "none" else select_archs(arch, blocks=tuple(_parse_ints(blocks, "--blocks", "1,2,3")))
         grid_archs = grid_space(_parse_ints(grid_depths, "--grid-depths"))
         jobs = plan_jobs(fd_archs, _seeds(seeds, seed_start), grid_archs, _seeds(grid_seeds, seed_start))
-        i, n = parse_shard(shard)
-        jobs = shard_jobs(jobs, i, n)
+        # --shard i/n and torchrun ranks combine into one flat part (fpt.scan.shard_spec): every
+        # rank of every shard trains its own models into the same pool (its journal + lock make
+        # concurrent writers safe), so torchrun needs no merge step
+        sh = shard_spec(shard)
+        jobs = shard_jobs(jobs, sh.index, sh.count)
         if not jobs:
             raise ConfigError("nothing to train", hint="check --arch, --seeds, --grid-depths, --grid-seeds")
         err_console.print(f"decoding {crops} crops of {size} px from {', '.join(map(str, images))} ...")

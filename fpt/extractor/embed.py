@@ -53,6 +53,12 @@ class ImageEmbedding:
     width: int
 
 
+def embedding_record(r: ImageEmbedding) -> dict:
+    """The JSON record of one embedded image (``fpt embed --jsonl`` lines; the .npz's fields)."""
+    return {"path": None if r.path is None else str(r.path), "embedding": [float(x) for x in r.embedding],
+            "low_confidence": bool(r.low_confidence), "height": int(r.height), "width": int(r.width)}
+
+
 @dataclass
 class EmbedFailure:
     path: Path
@@ -101,9 +107,14 @@ class WindowBatcher:
 
     def add(self, item: object, img: torch.Tensor) -> list[tuple[object, np.ndarray, bool, tuple[int, int]]]:
         crops, low = sliding_windows(img, self.size, self.n)
+        return self.add_windows(item, crops, low, (int(img.shape[-2]), int(img.shape[-1])))
+
+    def add_windows(self, item: object, crops: torch.Tensor, low: bool,
+                    hw: tuple[int, int]) -> list[tuple[object, np.ndarray, bool, tuple[int, int]]]:
+        """Like :meth:`add` for windows already cut (e.g. by a decoding worker process)."""
         self._crops.append(crops)
         self._n_buffered += crops.shape[0]
-        self._pending.append(_Pending(item, crops.shape[0], low, tuple(img.shape[-2:])))
+        self._pending.append(_Pending(item, crops.shape[0], low, hw))
         done: list = []
         while self._n_buffered >= self.batch_size:
             done += self._run(self.batch_size)

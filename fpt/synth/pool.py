@@ -263,12 +263,20 @@ class PoolWriter:
     def add(self, state: dict[str, np.ndarray], rec: ModelRecord) -> None:
         """Durably journal one finished model; merge into the pool every ``commit_every``."""
         jd = journal_dir(self.path)
-        jd.mkdir(parents=True, exist_ok=True)
         target = jd / _part_name(rec.model_id)
-        with atomic_path(target) as tmp:
-            with h5py.File(tmp, "w") as f:
-                init_store(f, PART_KIND, POOL_SCHEMA)
-                _write_model(f, state, rec)
+        for attempt in range(3):
+            try:
+                jd.mkdir(parents=True, exist_ok=True)
+                with atomic_path(target) as tmp:
+                    with h5py.File(tmp, "w") as f:
+                        init_store(f, PART_KIND, POOL_SCHEMA)
+                        _write_model(f, state, rec)
+                break
+            except FileNotFoundError:
+                # another writer of this pool (torchrun rank, --shard job) removed the empty
+                # journal folder between our mkdir and our write: make it again
+                if attempt == 2:
+                    raise
         self._new.append(target)
         self.done.add(rec.model_id)
         if len(self._new) >= self.commit_every:
@@ -287,7 +295,10 @@ class PoolWriter:
         self._new.clear()
         jd = journal_dir(self.path)
         if jd.is_dir() and not any(jd.iterdir()):
-            jd.rmdir()
+            try:
+                jd.rmdir()
+            except OSError:
+                pass  # another writer of this pool has just journalled a model into it
         self.done.update(added)
         return added
 
