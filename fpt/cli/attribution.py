@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
         from fpt.gallery import add_embeddings, edit_gallery, load_gallery, parse_meta
         from fpt.storage import file_sha256
         from fpt.images import find_images
-        from fpt.report import console, print_json, warn
+        from fpt.report import console, literal, print_json, warn
 
         gpath = _gallery_path(gallery)
         meta_d = parse_meta(meta)
@@ -191,8 +191,8 @@ def register(app: typer.Typer) -> None:
                         "images": res.total, "low_confidence": low,
                         "threshold": cal.threshold if cal else None})
             return
-        console.print(f"enrolled [bold]{model}[/bold]: {res.added} new image(s), {skipped_dupes} already enrolled, "
-                      f"{len(failed)} unreadable; {res.total} image(s) in total -> {gpath}")
+        console.print(f"enrolled [bold]{literal(model)}[/bold]: {res.added} new image(s), {skipped_dupes} already enrolled, "
+                      f"{len(failed)} unreadable; {res.total} image(s) in total -> {literal(gpath)}", markup=True)
         if low:
             warn(f"{low} image(s) were smaller than the extractor's window and were mirror-padded (low confidence)")
         if res.total < 10:
@@ -246,7 +246,7 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from fpt.gallery import load_gallery
-        from fpt.report import console, print_json, print_table
+        from fpt.report import console, literal, print_json, print_table
 
         g = load_gallery(_gallery_path(gallery))
         m = g.get(model)
@@ -261,7 +261,8 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(info)
             return
-        console.print(f"[bold]{m.name}[/bold]: {m.count} images, created {m.created}, updated {m.updated}")
+        console.print(f"[bold]{literal(m.name)}[/bold]: {m.count} images, created {m.created}, updated {m.updated}",
+                      markup=True)
         if m.meta:
             console.print("meta: " + ", ".join(f"{k}={v}" for k, v in sorted(m.meta.items())))
         console.print(f"consistency (|mean of unit embeddings|, 1 = identical): {info['fingerprint_norm_of_mean']:.3f}")
@@ -381,7 +382,7 @@ def register(app: typer.Typer) -> None:
         from fpt.attribution import identify_embeddings
         from fpt.gallery import load_gallery
         from fpt.images import find_images
-        from fpt.report import console, print_json, warn
+        from fpt.report import console, print_json, visible, warn
 
         if json_out and csv_out:
             from fpt.errors import ConfigError
@@ -432,10 +433,11 @@ def register(app: typer.Typer) -> None:
             rows = []
             nd = _digits(t_used, *(r.score for r in results))
             for r in results:
-                tops = "\n".join(f"{m} {s:.{nd}f}" for m, s in r.top)
-                decided = r.model if r.identified else "[red]unknown[/red]"
+                tops = "\n".join(f"{visible(m)} {s:.{nd}f}" for m, s in r.top)
+                decided = visible(r.model) if r.identified else Text("unknown", style="red")
                 rows.append([r.path, decided, r.score, tops, "yes" if r.low_confidence else ""])
             from rich.table import Table
+            from rich.text import Text
 
             table = Table(title=f"identification against {g.path.name} ({len(g.models)} models)",
                           caption=f"threshold {t_used:.{nd}f} ({src})" if t_used is not None else "no threshold")
@@ -447,7 +449,7 @@ def register(app: typer.Typer) -> None:
             if any_low:
                 table.add_column("low-conf")
             for row in rows:
-                cells = [str(row[0]), row[1], f"{row[2]:.{nd}f}", row[3]] + ([row[4]] if any_low else [])
+                cells = [visible(row[0]), row[1], f"{row[2]:.{nd}f}", row[3]] + ([row[4]] if any_low else [])
                 table.add_row(*cells)
             console.print(table)
             if len(results) > 1 or failed:
@@ -507,10 +509,12 @@ def register(app: typer.Typer) -> None:
         else:
             verdict = "[green]same model[/green]" if v.same_model else "[red]different models[/red]"
             nd = _digits(v.similarity, v.threshold)
-            console.print(f"similarity {v.similarity:.{nd}f} (A: {v.n_a} image(s), B: {v.n_b} image(s)) -> {verdict}")
+            console.print(f"similarity {v.similarity:.{nd}f} (A: {v.n_a} image(s), B: {v.n_b} image(s)) -> {verdict}",
+                          markup=True)
             console.print(f"threshold {v.threshold:.{nd}f} ({v.threshold_source})")
             if low:
-                console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]")
+                console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]",
+                              markup=True)
         if not v.same_model:
             raise typer.Exit(EXIT_UNKNOWN)
 

@@ -134,8 +134,9 @@ def register(app: typer.Typer) -> None:
         if json_out:
             typer.echo(json.dumps(summary, indent=2))
             return
-        from rich.console import Console
         from rich.table import Table
+
+        from fpt.report import console as c
 
         t = Table(title=f"fpt train: {result.out}  (sha256 {result.sha256[:12]})")
         t.add_column("held-out architectures")
@@ -147,7 +148,6 @@ def register(app: typer.Typer) -> None:
         for key, label in (("auc", "verification AUC (N_S=1)"), ("id_acc_10shot", "10-shot identification acc")):
             w = [_fmt(result.unwhitened.get(key, "-")), _fmt(result.whitened.get(key, "-"))] if result.whitened else []
             t.add_row(label, _fmt(result.chosen.get(key, "-")), _fmt(result.baseline.get(key, "-")), *w)
-        c = Console()
         c.print(t)
         c.print(f"{result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s); "
                 f"{result.n_train_models} training models, {result.n_val_models} held-out models")
@@ -201,8 +201,9 @@ def register(app: typer.Typer) -> None:
         if json_out:
             typer.echo(json.dumps(info, indent=2))
             return
-        from rich.console import Console
         from rich.table import Table
+
+        from fpt.report import console
 
         t = Table(title=f"extractor {ex.path}", show_header=False)
         t.add_column("field")
@@ -230,4 +231,4 @@ def register(app: typer.Typer) -> None:
                 if key == "heldout_archs":
                     v = f"{len(v)} architectures (validation only)"
                 t.add_row(labels.get(key, key), json.dumps(_rounded(v)) if isinstance(v, (dict, list)) else str(v))
-        Console().print(t)
+        console.print(t)
