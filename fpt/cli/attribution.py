@@ -16,6 +16,8 @@ from typing import Optional
 
 import typer
 
+from fpt.cli.options import HALF_OPEN_UNIT, OPEN_UNIT
+
 EXIT_UNKNOWN = 10
 EXIT_SOME_FAILED = 11
 ENROLL_CHUNK = 256
@@ -23,6 +25,8 @@ ENROLL_CHUNK = 256
 _EXTRACTOR_HELP = "Extractor checkpoint (.pt); default: the weights shipped with fpt."
 _DEVICE_HELP = "auto | cpu | cuda | cuda:N"
 _GALLERY_HELP = "Gallery file (default $FPT_GALLERY or $XDG_DATA_HOME/fpt/gallery.h5)."
+_WINDOWS_HELP = "n for n x n windows (default: the checkpoint's)."
+_BATCH_HELP = "Window crops per forward pass (bounds memory)."
 
 
 def load_extractor(path: Optional[Path], device: str):
@@ -88,8 +92,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Output .npz (embeddings, paths, low_confidence, extractor hash)."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
-        batch_size: int = typer.Option(64, "--batch-size", help="Window crops per forward pass (bounds memory)."),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     ) -> None:
         """Write fingerprint embeddings of images to an .npz for analysis elsewhere."""
@@ -120,8 +124,8 @@ def register(app: typer.Typer) -> None:
         meta: Optional[list[str]] = typer.Option(None, "--meta", help="key=value metadata (repeatable)."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
-        batch_size: int = typer.Option(64, "--batch-size"),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Enroll a model from its images (re-enrolling an image already there is a no-op)."""
@@ -324,7 +328,7 @@ def register(app: typer.Typer) -> None:
 
     @gal.command("calibrate")
     def gallery_calibrate(
-        far: float = typer.Option(0.05, "--far", help="False-accept rate to allow for unknown images."),
+        far: float = typer.Option(0.05, "--far", callback=HALF_OPEN_UNIT, help="False-accept rate to allow for unknown images, in [0, 1)."),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
@@ -367,12 +371,12 @@ def register(app: typer.Typer) -> None:
     def identify_cmd(
         paths: list[Path] = typer.Argument(..., help="Images and/or folders to attribute."),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
-        top_k: int = typer.Option(3, "--top-k", "-k", help="How many candidate models to list."),
+        top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many candidate models to list."),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the calibrated threshold."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        windows: Optional[int] = typer.Option(None, "--windows"),
-        batch_size: int = typer.Option(64, "--batch-size"),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
         json_out: bool = typer.Option(False, "--json", help="JSON to stdout."),
         csv_out: bool = typer.Option(False, "--csv", help="CSV to stdout."),
     ) -> None:
@@ -470,12 +474,12 @@ def register(app: typer.Typer) -> None:
         b: Path = typer.Argument(..., help="Side B: an image or folder."),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated "
                                                   "on the gallery's images for this N_S)."),
-        far: float = typer.Option(0.05, "--far", help="False-accept rate for the calibrated threshold."),
+        far: float = typer.Option(0.05, "--far", callback=OPEN_UNIT, help="False-accept rate for the calibrated threshold, in (0, 1)."),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        windows: Optional[int] = typer.Option(None, "--windows"),
-        batch_size: int = typer.Option(64, "--batch-size"),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
         """Were A and B made by the same model? Exit 0 same, 10 different."""
@@ -557,13 +561,14 @@ def register(app: typer.Typer) -> None:
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
         out: Path = typer.Option(Path("fpt-eval"), "--out", "-o", help="Folder for ROC / histogram PNGs and eval.json."),
-        seed: int = typer.Option(0, "--seed"),
-        pairs: int = typer.Option(2000, "--pairs", help="Test pairs per N_S (balanced)."),
-        repeats: int = typer.Option(5, "--repeats", help="Random gallery / unknown draws averaged."),
-        k_shot: int = typer.Option(10, "--k-shot", help="Images per model in the identification gallery."),
-        unknown_fraction: float = typer.Option(0.3, "--unknown-fraction", help="Share of models held out as unknown."),
-        far: float = typer.Option(0.05, "--far", help="FAR for the open-set threshold (gallery calibration)."),
-        windows: Optional[int] = typer.Option(None, "--windows", help="fpt: n x n windows (default: the checkpoint's)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the random splits and pairs."),
+        pairs: int = typer.Option(2000, "--pairs", min=1, help="Test pairs per N_S (balanced)."),
+        repeats: int = typer.Option(5, "--repeats", min=1, help="Random gallery / unknown draws averaged."),
+        k_shot: int = typer.Option(10, "--k-shot", min=1, help="Images per model in the identification gallery."),
+        unknown_fraction: float = typer.Option(0.3, "--unknown-fraction", callback=HALF_OPEN_UNIT,
+                                               help="Share of models held out as unknown, in [0, 1)."),
+        far: float = typer.Option(0.05, "--far", callback=OPEN_UNIT, help="FAR for the open-set threshold (gallery calibration), in (0, 1)."),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help="fpt: n x n windows (default: the checkpoint's)."),
         manifold: Optional[Path] = typer.Option(None, "--manifold", help="Real-image manifold for artifact-* methods "
                                                 "(fpt manifold build)."),
         real: Optional[Path] = typer.Option(None, "--real", help="Real images for an ad-hoc manifold (artifact-* methods)."),

@@ -21,6 +21,9 @@ Ctrl-C. Split the work with `--shard i/n` and join with `fpt synth merge`.
 """
 
 
+from fpt.cli.options import POSITIVE
+
+
 def _parse_ints(text: str, what: str, example: str = "3,4,5") -> list[int]:
     from fpt.errors import ConfigError
 
@@ -60,23 +63,23 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         images: list[Path] = typer.Option(None, "--images", "-i", help="Real images (folders or files) the models learn from; repeatable. Required."),
         out: Path = typer.Option(Path("pool.h5"), "--out", "-o", help="Pool file to create or resume."),
-        seeds: int = typer.Option(1, "--seeds", help="Seeds per FD architecture (paper: 20)."),
-        seed_start: int = typer.Option(0, "--seed-start", help="First seed number."),
+        seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per FD architecture (paper: 20)."),
+        seed_start: int = typer.Option(0, "--seed-start", min=0, help="First seed number."),
         arch: str = typer.Option("*", "--arch", help="FD architectures: fnmatch pattern(s), comma-separated, e.g. 'K1-*-deconv-*'; 'none' for no FD models."),
         blocks: str = typer.Option("1,2", "--blocks", help="FD down/up block counts K (paper: 1,2; 3 adds x8 up-sampling stacks like latent-diffusion decoders)."),
         grid_depths: str = typer.Option("3,4,5", "--grid-depths", help="Grid generator depths, e.g. 3,4,5; 'none' for no grid models."),
-        grid_seeds: int = typer.Option(1, "--grid-seeds", help="Seeds per grid depth (paper: 500)."),
-        size: int = typer.Option(64, "--size", help="Training crop size in pixels (multiple of 4)."),
-        width: int = typer.Option(16, "--width", help="Base channel width of the synthetic models."),
-        kernel: int = typer.Option(3, "--kernel", help="Conv kernel size (odd)."),
-        batch: int = typer.Option(16, "--batch", help="Crops per training step."),
-        lr: float = typer.Option(5e-3, "--lr", help="Adam learning rate."),
-        max_steps: int = typer.Option(300, "--max-steps", help="Step cap per model (training stops earlier at the target)."),
-        target: float = typer.Option(0.005, "--target", help="FD stop target: reconstruction MSE."),
-        crops: int = typer.Option(2048, "--crops", help="Pre-decoded crops shared by all models."),
-        max_images: int = typer.Option(0, "--max-images", help="Use at most this many images (0 = all)."),
+        grid_seeds: int = typer.Option(1, "--grid-seeds", min=0, help="Seeds per grid depth (paper: 500)."),
+        size: int = typer.Option(64, "--size", min=8, help="Training crop size in pixels (multiple of 4, >= 8)."),
+        width: int = typer.Option(16, "--width", min=1, help="Base channel width of the synthetic models."),
+        kernel: int = typer.Option(3, "--kernel", min=1, help="Conv kernel size (odd)."),
+        batch: int = typer.Option(16, "--batch", min=1, help="Crops per training step."),
+        lr: float = typer.Option(5e-3, "--lr", callback=POSITIVE, help="Adam learning rate."),
+        max_steps: int = typer.Option(300, "--max-steps", min=1, help="Step cap per model (training stops earlier at the target)."),
+        target: float = typer.Option(0.005, "--target", callback=POSITIVE, help="FD stop target: reconstruction MSE."),
+        crops: int = typer.Option(2048, "--crops", min=1, help="Pre-decoded crops shared by all models."),
+        max_images: int = typer.Option(0, "--max-images", min=0, help="Use at most this many images (0 = all)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
-        workers: int = typer.Option(1, "--workers", help="CPU processes (one per core)."),
+        workers: int = typer.Option(1, "--workers", min=1, help="CPU processes (one per core)."),
         shard: str = typer.Option(None, "--shard", help="Build only part i of n of the job list: 'i/n' (0-based)."),
         channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels-last memory format (faster on CPU)."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -213,8 +216,8 @@ def _register_ffd(synth: typer.Typer) -> None:
         pool: Path = typer.Argument(..., help="Pool of synthetic models."),
         real: Path = typer.Option(..., "--real", help="ROOT/<model>/ folders of images from real generators."),
         images: list[Path] = typer.Option(None, "--images", "-i", help="Real images the synthetic models are applied to (required)."),
-        n: int = typer.Option(100, "--n", help="Images per model (paper: 100)."),
-        size: int = typer.Option(64, "--size", help="Centre-crop size for spectra (d = size/2 rings)."),
+        n: int = typer.Option(100, "--n", min=2, help="Images per model (paper: 100)."),
+        size: int = typer.Option(64, "--size", min=8, help="Centre-crop size for spectra (d = size/2 rings)."),
         residual: str = typer.Option("highpass", "--residual", help="Residual extractor (fpt.residual)."),
         exclude: list[str] = typer.Option(None, "--exclude", help="fnmatch patterns of real model folders to leave out, e.g. '*/real'."),
         ablation: bool = typer.Option(False, "--ablation", help="Also FFD of each 'w/o X' sub-space (paper 001 Table II)."),

@@ -8,10 +8,11 @@ from typing import List, Optional
 
 import typer
 
+from fpt.cli.options import HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, PROBABILITY
 from fpt.errors import ConfigError
 
 
-def _range(text: str | None, cast, what: str):
+def _range(text: str | None, cast, what: str, bounds: tuple[float, float] | None = None):
     if text is None:
         return None
     try:
@@ -20,6 +21,8 @@ def _range(text: str | None, cast, what: str):
         raise ConfigError(f"{what} must look like LO-HI, got '{text}'") from None
     if lo > hi:
         raise ConfigError(f"{what}: LO must not exceed HI ('{text}')")
+    if bounds is not None and not (bounds[0] <= lo and hi <= bounds[1]):
+        raise ConfigError(f"{what}: '{text}' is outside {bounds[0]:g}-{bounds[1]:g}")
     return (lo, hi)
 
 
@@ -44,41 +47,41 @@ def register(app: typer.Typer) -> None:
         images: Optional[List[Path]] = typer.Option(None, "--images", help="Folder(s) of real photos to fingerprint (repeatable)."),
         out: Optional[Path] = typer.Option(None, "--out", help="Extractor checkpoint to write (resume state goes beside it as NAME.state.pt)."),
         preset: Optional[str] = typer.Option(None, "--preset", help="Start from a recipe: 'default' (the shipped extractor) or 'smoke'."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps."),
-        p: Optional[int] = typer.Option(None, "--P", "-P", help="Synthetic models per batch."),
-        k: Optional[int] = typer.Option(None, "--K", "-K", help="Images per model per batch (>= 2)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (AdamW)."),
+        steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps."),
+        p: Optional[int] = typer.Option(None, "--p", "--P", "-P", min=2, help="Synthetic models per batch (>= 2)."),
+        k: Optional[int] = typer.Option(None, "--k", "--K", "-K", min=2, help="Images per model per batch (>= 2)."),
+        lr: Optional[float] = typer.Option(None, "--lr", callback=POSITIVE, help="Peak learning rate (AdamW)."),
         schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine | step | constant (after linear warm-up)."),
-        warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps."),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay"),
-        ce_weight: Optional[float] = typer.Option(None, "--ce-weight", help="Weight of the classification (CE) loss."),
-        triplet_weight: Optional[float] = typer.Option(None, "--triplet-weight", help="Weight of the batch-hard triplet loss."),
-        margin: Optional[float] = typer.Option(None, "--margin", help="Triplet margin (paper: 0.3)."),
+        warmup: Optional[int] = typer.Option(None, "--warmup", min=0, help="Warm-up steps."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", callback=NON_NEGATIVE, help="AdamW weight decay."),
+        ce_weight: Optional[float] = typer.Option(None, "--ce-weight", callback=NON_NEGATIVE, help="Weight of the classification (CE) loss."),
+        triplet_weight: Optional[float] = typer.Option(None, "--triplet-weight", callback=NON_NEGATIVE, help="Weight of the batch-hard triplet loss."),
+        margin: Optional[float] = typer.Option(None, "--margin", callback=NON_NEGATIVE, help="Triplet margin (paper: 0.3)."),
         backbone: Optional[str] = typer.Option(None, "--backbone", help="resnet10 | resnet18 | resnet34 | resnet50."),
-        width: Optional[float] = typer.Option(None, "--width", help="Channel width multiplier (1.0 = torchvision)."),
+        width: Optional[float] = typer.Option(None, "--width", callback=POSITIVE, help="Channel width multiplier (1.0 = torchvision)."),
         stem: Optional[str] = typer.Option(None, "--stem", help="small (3x3/2) | imagenet (7x7/2 + max-pool)."),
-        embedding_dim: Optional[int] = typer.Option(None, "--embedding-dim"),
+        embedding_dim: Optional[int] = typer.Option(None, "--embedding-dim", min=1, help="Embedding dimension."),
         embed_from: Optional[str] = typer.Option(None, "--embed-from", help="Inference embedding: projection | features | auto (the better on held-out architectures)."),
-        crop_size: Optional[int] = typer.Option(None, "--crop-size", help="Training crop = inference window, px."),
+        crop_size: Optional[int] = typer.Option(None, "--crop-size", min=8, help="Training crop = inference window, px."),
         residual: Optional[str] = typer.Option(None, "--residual", help="highpass | denoiser (the learned DnCNN-style residual)."),
         denoiser: Optional[Path] = typer.Option(None, "--denoiser", help="Denoiser weights (default: the shipped ones)."),
         grey: Optional[bool] = typer.Option(None, "--grey/--rgb", help="Luma spectrum instead of per-channel RGB."),
-        windows: Optional[int] = typer.Option(None, "--windows", help="n for the n x n inference window grid stored in the checkpoint."),
-        whiten_models: Optional[int] = typer.Option(None, "--whiten-models", help="Training models that fit the fingerprint whitening stored in the checkpoint (0: no whitening)."),
-        whiten_shrinkage: Optional[float] = typer.Option(None, "--whiten-shrinkage", help="Shrinkage of the whitening's within-model covariance (relative to its mean eigenvalue)."),
-        seed: Optional[int] = typer.Option(None, "--seed"),
-        holdout_frac: Optional[float] = typer.Option(None, "--holdout-frac", help="Fraction of architectures held out for validation."),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help="n for the n x n inference window grid stored in the checkpoint."),
+        whiten_models: Optional[int] = typer.Option(None, "--whiten-models", min=0, help="Training models that fit the fingerprint whitening stored in the checkpoint (0: no whitening)."),
+        whiten_shrinkage: Optional[float] = typer.Option(None, "--whiten-shrinkage", callback=NON_NEGATIVE, help="Shrinkage of the whitening's within-model covariance (relative to its mean eigenvalue)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of models, batches and augmentations."),
+        holdout_frac: Optional[float] = typer.Option(None, "--holdout-frac", callback=HALF_OPEN_UNIT, help="Fraction of architectures held out for validation."),
         holdout_archs: Optional[str] = typer.Option(None, "--holdout-archs", help="fnmatch pattern of held-out architecture ids (overrides --holdout-frac)."),
-        val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every N steps."),
-        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Save resumable state every N steps."),
-        crops_per_image: Optional[int] = typer.Option(None, "--crops-per-image"),
-        max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most N real images."),
-        aug_jpeg: Optional[float] = typer.Option(None, "--aug-jpeg", help="Probability of JPEG re-compression after the synthetic model."),
+        val_every: Optional[int] = typer.Option(None, "--val-every", min=1, help="Validate every N steps."),
+        ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", min=1, help="Save resumable state every N steps."),
+        crops_per_image: Optional[int] = typer.Option(None, "--crops-per-image", min=1, help="Crops taken from each real image per pass."),
+        max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="Use at most N real images."),
+        aug_jpeg: Optional[float] = typer.Option(None, "--aug-jpeg", callback=PROBABILITY, help="Probability of JPEG re-compression after the synthetic model."),
         jpeg_quality: Optional[str] = typer.Option(None, "--jpeg-quality", help="Quality range LO-HI, e.g. 70-100."),
-        aug_rrc: Optional[float] = typer.Option(None, "--aug-rrc", help="Probability of random resized crop."),
-        aug_blur: Optional[float] = typer.Option(None, "--aug-blur", help="Probability of mild Gaussian blur."),
+        aug_rrc: Optional[float] = typer.Option(None, "--aug-rrc", callback=PROBABILITY, help="Probability of random resized crop."),
+        aug_blur: Optional[float] = typer.Option(None, "--aug-blur", callback=PROBABILITY, help="Probability of mild Gaussian blur."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:n]."),
-        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Wall-clock budget: stop (annealed, validated, saved) when it runs out."),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes", callback=POSITIVE, help="Wall-clock budget: stop (annealed, validated, saved) when it runs out."),
         amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA."),
         half: Optional[bool] = typer.Option(None, "--fp16/--fp32", help="Store the final extractor's weights in fp16."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT's .state.pt."),
@@ -102,7 +105,7 @@ def register(app: typer.Typer) -> None:
                      whiten_models=whiten_models, whiten_shrinkage=whiten_shrinkage,
                      holdout_frac=holdout_frac, holdout_pattern=holdout_archs, val_every=val_every,
                      ckpt_every=ckpt_every, crops_per_image=crops_per_image, max_images=max_images,
-                     aug_jpeg_p=aug_jpeg, jpeg_quality=_range(jpeg_quality, int, "--jpeg-quality"),
+                     aug_jpeg_p=aug_jpeg, jpeg_quality=_range(jpeg_quality, int, "--jpeg-quality", (1, 100)),
                      aug_rrc_p=aug_rrc, aug_blur_p=aug_blur, device=device, max_minutes=max_minutes, amp=amp, half=half)
         values.update({kk: v for kk, v in given.items() if v is not None})
         if "pool" not in values:
@@ -156,13 +159,13 @@ def register(app: typer.Typer) -> None:
     def train_denoiser_cmd(
         images: List[Path] = typer.Option(..., "--images", help="Folder(s) of real photos."),
         out: Path = typer.Option(Path("denoiser.pt"), "--out", help="Weights file to write."),
-        steps: int = typer.Option(1500, "--steps"),
-        batch: int = typer.Option(32, "--batch"),
-        depth: int = typer.Option(6, "--depth", help="Conv layers (DnCNN paper: 17)."),
-        channels: int = typer.Option(24, "--channels", help="Feature channels (DnCNN paper: 64)."),
-        crop_size: int = typer.Option(64, "--crop-size"),
+        steps: int = typer.Option(1500, "--steps", min=1, help="Optimizer steps."),
+        batch: int = typer.Option(32, "--batch", min=1, help="Crops per step."),
+        depth: int = typer.Option(6, "--depth", min=1, help="Conv layers (DnCNN paper: 17)."),
+        channels: int = typer.Option(24, "--channels", min=1, help="Feature channels (DnCNN paper: 64)."),
+        crop_size: int = typer.Option(64, "--crop-size", min=8, help="Training crop side, px."),
         sigma: str = typer.Option("1-5", "--sigma", help="Noise sigma range in 8-bit levels, LO-HI."),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", help="Seed of crops and noise."),
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
         """Train the small DnCNN-style denoiser whose residual the extractor can use (--residual denoiser)."""
@@ -170,7 +173,7 @@ def register(app: typer.Typer) -> None:
 
         from fpt.extractor.denoiser import train_denoiser_from_folders
 
-        lo, hi = _range(sigma, float, "--sigma")
+        lo, hi = _range(sigma, float, "--sigma", (0, 255))
         with Progress(disable=json_out) as prog:
             task = prog.add_task("denoiser", total=steps)
             rep = train_denoiser_from_folders([str(i) for i in images], out, crop_size=crop_size, depth=depth,
