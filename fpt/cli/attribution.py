@@ -129,12 +129,15 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Enroll a model from its images (re-enrolling an image already there is a no-op)."""
-        from fpt.gallery import add_embeddings, edit_gallery, load_gallery, parse_meta
+        from fpt.gallery import add_embeddings, check_gallery_writable, edit_gallery, load_gallery, parse_meta
         from fpt.storage import file_sha256
         from fpt.images import find_images
         from fpt.report import console, literal, print_json, warn
 
         gpath = _gallery_path(gallery)
+        if gallery is None:  # the default location's folder is ours to create
+            gpath.parent.mkdir(parents=True, exist_ok=True)
+        gpath = check_gallery_writable(gpath)  # before the slow part; symlinks resolved once
         meta_d = parse_meta(meta)
         files = find_images(paths)
         n_input = len(files)
@@ -164,7 +167,7 @@ def register(app: typer.Typer) -> None:
                 r = add_embeddings(
                     g, model,
                     np.stack([x.embedding for x in pending]) if pending else np.zeros((0, int(ex.embedding_dim)), np.float32),
-                    [str(x.path) for x in pending], [hashes.get(x.path) or file_sha256(x.path) for x in pending],
+                    [str(Path(x.path).resolve()) for x in pending], [hashes.get(x.path) or file_sha256(x.path) for x in pending],
                     np.array([x.low_confidence for x in pending], bool), ex.sha256, int(ex.embedding_dim), meta_d)
                 if r.total == 0:  # nothing readable for a new model: leave the gallery untouched
                     raise _no_images(model, failed)

@@ -96,6 +96,9 @@ def register(app: typer.Typer) -> None:
         if not images:
             raise ConfigError("--images is required: the real images the synthetic models learn from",
                               hint="e.g. fpt synth --images photos/ --out pool.h5 (see fpt synth --help)")
+        from fpt.storage import check_writable
+
+        check_writable(out, what="pool file")  # before decoding and training; an existing pool is resumed
         dev = select_device(device)
         cfg = TrainConfig(size=size, width=width, kernel=kernel, batch=batch, lr=lr, max_steps=max_steps,
                           target=target, channels_last=channels_last)

@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
         only_reached: Optional[bool] = typer.Option(None, "--only-reached/--all-models", help="Use only pool models that reached their training target (default: all)."),
         models: Optional[str] = typer.Option(None, "--models", help="Train only on pool models whose ids match these comma-separated fnmatch patterns, e.g. 'K*' (FD only) or 'grid-*'."),
         images: Optional[List[Path]] = typer.Option(None, "--images", help="Folder(s) of real photos to fingerprint (repeatable)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Extractor checkpoint to write (resume state goes beside it as NAME.state.pt)."),
+        out: Path = typer.Option(..., "--out", help="Extractor checkpoint to write (required; resume state goes beside it as NAME.state.pt). Its folder must exist."),
+        force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
         preset: Optional[str] = typer.Option(None, "--preset", help="Start from a recipe: 'default' (the shipped extractor) or 'smoke'."),
         steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Optimizer steps."),
         p: Optional[int] = typer.Option(None, "--p", "--P", "-P", min=2, help="Synthetic models per batch (>= 2)."),
@@ -89,6 +90,12 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train a fingerprint extractor on synthetic models (zero-shot: no real generator is used)."""
+        from fpt.storage import check_writable
+
+        # First, before any work or import of torch, and never a silent mkdir or overwrite: the
+        # output is the file the user named (a run from the repo root once replaced the shipped
+        # fpt/weights/extractor.pt).
+        check_writable(out, what="extractor checkpoint", overwrite=force or resume)
         from fpt.extractor.train import PRESETS, TrainConfig, train
 
         values: dict = {}
@@ -97,7 +104,7 @@ def register(app: typer.Typer) -> None:
                 raise ConfigError(f"unknown preset '{preset}'", hint=f"choose one of {sorted(PRESETS)}")
             values.update(PRESETS[preset])
             values["preset"] = preset
-        given = dict(pool=",".join(pool) if pool else None, only_reached=only_reached, models=models, images=[str(i) for i in images] if images else None, out=str(out) if out else None,
+        given = dict(pool=",".join(pool) if pool else None, only_reached=only_reached, models=models, images=[str(i) for i in images] if images else None, out=str(out),
                      steps=steps, P=p, K=k, lr=lr, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
                      ce_weight=ce_weight, triplet_weight=triplet_weight, margin=margin, backbone=backbone,
                      width=width, stem=stem, embedding_dim=embedding_dim, embed_from=embed_from, crop_size=crop_size, residual=residual,
@@ -123,6 +130,8 @@ def register(app: typer.Typer) -> None:
                     if preset == "default" and not pool:
                         hint = "build the default pool first; examples/reproduce_default_extractor.sh runs the whole recipe"
                     raise InputError("synthetic-model pool not found", path=pth, hint=hint)
+        # Before any work, and never a silent mkdir or overwrite: the output is the user's named
+        # file (a run from the repo root once replaced the shipped fpt/weights/extractor.pt).
         cfg = TrainConfig(**values)
         result = train(cfg, resume=resume, show_progress=not (quiet or json_out),
                        log=(lambda *_: None) if json_out else (lambda m: typer.echo(m, err=True)))
@@ -158,7 +167,8 @@ def register(app: typer.Typer) -> None:
     @app.command("train-denoiser")
     def train_denoiser_cmd(
         images: List[Path] = typer.Option(..., "--images", help="Folder(s) of real photos."),
-        out: Path = typer.Option(Path("denoiser.pt"), "--out", help="Weights file to write."),
+        out: Path = typer.Option(Path("denoiser.pt"), "--out", help="Weights file to write (its folder must exist)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
         steps: int = typer.Option(1500, "--steps", min=1, help="Optimizer steps."),
         batch: int = typer.Option(32, "--batch", min=1, help="Crops per step."),
         depth: int = typer.Option(6, "--depth", min=1, help="Conv layers (DnCNN paper: 17)."),
@@ -173,7 +183,10 @@ def register(app: typer.Typer) -> None:
 
         from fpt.extractor.denoiser import train_denoiser_from_folders
 
+        from fpt.storage import check_writable
+
         lo, hi = _range(sigma, float, "--sigma", (0, 255))
+        check_writable(out, what="denoiser weights file", overwrite=force)
         with Progress(disable=json_out) as prog:
             task = prog.add_task("denoiser", total=steps)
             rep = train_denoiser_from_folders([str(i) for i in images], out, crop_size=crop_size, depth=depth,
