@@ -191,7 +191,8 @@ def progress(*, transient: bool = False, disable: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=err_console,
         transient=transient,
-        disable=disable,
+        # Off a terminal a transient bar draws nothing but leaves a stray blank line on stderr.
+        disable=disable or (transient and not err_console.is_terminal),
     )
 
 

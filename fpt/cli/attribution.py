@@ -97,10 +97,12 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     ) -> None:
         """Write fingerprint embeddings of images to an .npz for analysis elsewhere."""
+        from fpt.storage import check_writable
+
+        check_writable(out, what="embeddings file")  # before the slow part (and torch's import)
         from fpt.extractor.embed import save_embeddings_npz
         from fpt.images import find_images
         from fpt.report import console, print_json
-
         files = find_images(paths)
         ex = load_extractor(extractor, device)
         ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=json_out)
@@ -131,13 +133,14 @@ def register(app: typer.Typer) -> None:
         """Enroll a model from its images (re-enrolling an image already there is a no-op)."""
         from fpt.gallery import add_embeddings, check_gallery_writable, edit_gallery, load_gallery, parse_meta
         from fpt.storage import file_sha256
-        from fpt.images import find_images
         from fpt.report import console, literal, print_json, warn
 
         gpath = _gallery_path(gallery)
         if gallery is None:  # the default location's folder is ours to create
             gpath.parent.mkdir(parents=True, exist_ok=True)
-        gpath = check_gallery_writable(gpath)  # before the slow part; symlinks resolved once
+        gpath = check_gallery_writable(gpath)  # before the slow part (and torch's import); symlinks resolved once
+        from fpt.images import find_images
+
         meta_d = parse_meta(meta)
         files = find_images(paths)
         n_input = len(files)

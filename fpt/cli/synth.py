@@ -86,19 +86,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return
-        from fpt.devices import select_device
         from fpt.errors import ConfigError
+        from fpt.storage import check_writable
+
+        if not images:
+            raise ConfigError("--images is required: the real images the synthetic models learn from",
+                              hint="e.g. fpt synth --images photos/ --out pool.h5 (see fpt synth --help)")
+        check_writable(out, what="pool file")  # before torch's import and any work; an existing pool is resumed
+        from fpt.devices import select_device
         from fpt.report import err_console, print_json, progress, warn
         from fpt.synth.pool import build_pool, summarise
         from fpt.synth.space import grid_space, select_archs
         from fpt.synth.train import CropBank, TrainConfig, parse_shard, plan_jobs, shard_jobs
 
-        if not images:
-            raise ConfigError("--images is required: the real images the synthetic models learn from",
-                              hint="e.g. fpt synth --images photos/ --out pool.h5 (see fpt synth --help)")
-        from fpt.storage import check_writable
-
-        check_writable(out, what="pool file")  # before decoding and training; an existing pool is resumed
         dev = select_device(device)
         cfg = TrainConfig(size=size, width=width, kernel=kernel, batch=batch, lr=lr, max_steps=max_steps,
                           target=target, channels_last=channels_last)

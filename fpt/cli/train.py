@@ -179,14 +179,14 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
         """Train the small DnCNN-style denoiser whose residual the extractor can use (--residual denoiser)."""
-        from rich.progress import Progress
-
-        from fpt.extractor.denoiser import train_denoiser_from_folders
-
         from fpt.storage import check_writable
 
         lo, hi = _range(sigma, float, "--sigma", (0, 255))
         check_writable(out, what="denoiser weights file", overwrite=force)
+        from rich.progress import Progress
+
+        from fpt.extractor.denoiser import train_denoiser_from_folders
+
         with Progress(disable=json_out) as prog:
             task = prog.add_task("denoiser", total=steps)
             rep = train_denoiser_from_folders([str(i) for i in images], out, crop_size=crop_size, depth=depth,
