@@ -566,7 +566,8 @@ def register(app: typer.Typer) -> None:
                                          "artifact-feat, artifact-rgb-fpt (artifact-* need --manifold or --real)."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        out: Path = typer.Option(Path("fpt-eval"), "--out", "-o", help="Folder for ROC / histogram PNGs and eval.json."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for ROC / histogram PNGs and eval.json "
+                                           "(default: none written)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the random splits and pairs."),
         pairs: int = typer.Option(2000, "--pairs", min=1, help="Test pairs per N_S (balanced)."),
         repeats: int = typer.Option(5, "--repeats", min=1, help="Random gallery / unknown draws averaged."),
@@ -598,15 +599,16 @@ def register(app: typer.Typer) -> None:
                                                   **({"manifold": manifold} if manifold else {}),
                                                   **({"real_images": real} if real else {})},
                            progress=make)
-        out.mkdir(parents=True, exist_ok=True)
         pngs = []
-        for g in res.groups:
-            if g.methods and figures:
-                pngs += plot_group(g, out)
         data = to_json(res)
-        data["figures"] = [str(p) for p in pngs]
-        with atomic_path(out / "eval.json") as tmp:
-            tmp.write_text(dumps_json(data))
+        if out is not None:  # files only where the user asked for them
+            out.mkdir(parents=True, exist_ok=True)
+            for g in res.groups:
+                if g.methods and figures:
+                    pngs += plot_group(g, out)
+            data["figures"] = [str(p) for p in pngs]
+            with atomic_path(out / "eval.json") as tmp:
+                tmp.write_text(dumps_json(data))
         if json_out:
             print_json(data)
             return
@@ -625,4 +627,5 @@ def register(app: typer.Typer) -> None:
             print_table(f"{g.group}: {res.settings['k_shot']}-shot identification accuracy per model", cols, rows)
             for n in g.notes:
                 console.print(f"  note: {n}")
-        console.print(f"figures and eval.json in {out}/")
+        if out is not None:
+            console.print(f"figures and eval.json in {out}/")
