@@ -16,14 +16,14 @@ from typing import Optional
 
 import typer
 
-from fpt.cli.options import HALF_OPEN_UNIT, OPEN_UNIT
+from fpt.cli.options import DEVICE_HELP, HALF_OPEN_UNIT, OPEN_UNIT
 
 EXIT_UNKNOWN = 10
 EXIT_SOME_FAILED = 11
 ENROLL_CHUNK = 256
 
 _EXTRACTOR_HELP = "Extractor checkpoint (.pt); default: the weights shipped with fpt."
-_DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+_DEVICE_HELP = DEVICE_HELP
 _GALLERY_HELP = "Gallery file (default $FPT_GALLERY or $XDG_DATA_HOME/fpt/gallery.h5)."
 _WINDOWS_HELP = "n for n x n windows (default: the checkpoint's)."
 _BATCH_HELP = "Window crops per forward pass (bounds memory)."
@@ -224,7 +224,7 @@ def register(app: typer.Typer) -> None:
     @gal.command("list")
     def gallery_list(
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Enrolled models with image counts and dates."""
         from fpt.gallery import load_gallery
@@ -250,7 +250,7 @@ def register(app: typer.Typer) -> None:
     def gallery_show(
         model: str = typer.Argument(...),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """One model: metadata, fingerprint summary and its enrolled images."""
         import numpy as np
@@ -336,7 +336,7 @@ def register(app: typer.Typer) -> None:
     def gallery_calibrate(
         far: float = typer.Option(0.05, "--far", callback=HALF_OPEN_UNIT, help="False-accept rate to allow for unknown images, in [0, 1)."),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Choose and store the identification threshold from the gallery's own images.
 
@@ -486,7 +486,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
         windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
         batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Were A and B made by the same model? Exit 0 same, 10 different."""
         import numpy as np
@@ -534,7 +534,7 @@ def register(app: typer.Typer) -> None:
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dendrogram PNG (default: lineage.png)."),
         models: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Only these models (repeatable)."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Cluster the gallery's fingerprints (cosine, average linkage): dendrogram PNG + text tree."""
         import numpy as np
@@ -580,7 +580,7 @@ def register(app: typer.Typer) -> None:
                                                 "(fpt manifold build)."),
         real: Optional[Path] = typer.Option(None, "--real", help="Real images for an ad-hoc manifold (artifact-* methods)."),
         figures: bool = typer.Option(True, "--figures/--no-figures", help="Write ROC and histogram PNGs."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Verification, identification, open-set and clustering metrics for several methods, same splits."""
         from fpt.evaluation import evaluate, per_model_rows, plot_group, summary_table, to_json

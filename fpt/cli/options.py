@@ -39,3 +39,6 @@ NON_NEGATIVE = float_range(0.0)
 PROBABILITY = float_range(0.0, 1.0)
 OPEN_UNIT = float_range(0.0, 1.0, lo_open=True, hi_open=True)
 HALF_OPEN_UNIT = float_range(0.0, 1.0, hi_open=True)
+
+# One wording for every command's --device.
+DEVICE_HELP = "auto | cpu | cuda | cuda:N (auto: CUDA when available, else CPU)."

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from fpt.cli.options import DEVICE_HELP
+
 #: Above this many images, per-image figures / .npz are written only with --per-image.
 PER_IMAGE_AUTO_LIMIT = 50
 
@@ -51,7 +53,7 @@ def register(app: typer.Typer) -> None:
             False, "--periodic", help="Remove the border cross first (periodic + smooth decomposition, Moisan 2011)."
         ),
         limit: Optional[int] = typer.Option(None, "--limit", help="Analyse only the first N images (sorted) of each input."),
-        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of tables."),
     ) -> None:
         """Spectral evidence: residual energy, HP ratio (paper 000 Eq. 13), azimuthal integral, grid peaks.

@@ -21,7 +21,7 @@ Ctrl-C. Split the work with `--shard i/n` and join with `fpt synth merge`.
 """
 
 
-from fpt.cli.options import POSITIVE
+from fpt.cli.options import DEVICE_HELP, POSITIVE
 
 
 def _parse_ints(text: str, what: str, example: str = "3,4,5") -> list[int]:
@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         target: float = typer.Option(0.005, "--target", callback=POSITIVE, help="FD stop target: reconstruction MSE."),
         crops: int = typer.Option(2048, "--crops", min=1, help="Pre-decoded crops shared by all models."),
         max_images: int = typer.Option(0, "--max-images", min=0, help="Use at most this many images (0 = all)."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
         workers: int = typer.Option(1, "--workers", min=1, help="CPU processes (one per core)."),
         shard: str = typer.Option(None, "--shard", help="Build only part i of n of the job list: 'i/n' (0-based)."),
         channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels-last memory format (faster on CPU)."),
@@ -138,7 +138,7 @@ def register(app: typer.Typer) -> None:
         pool: Path = typer.Argument(..., help="Pool file."),
         by: str = typer.Option("family", "--by", help="Group rows by family or a factor: K, L, S, U, A, N, D."),
         models: bool = typer.Option(False, "--models", help="List every model with its record."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Summary table of an existing pool (per family or factor)."""
         from fpt.report import print_json, print_table, warn
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
         images: list[Path] = typer.Argument(..., help="Real images or folders to fingerprint."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the fingerprinted PNGs."),
         seed: int = typer.Option(0, "--seed", help="Noise seed (grid generators)."),
-        device: str = typer.Option("auto", "--device"),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     ) -> None:
         """Write images as the synthetic model would make them (FD: reconstruction; grid: + noise)."""
         import numpy as np
@@ -226,8 +226,8 @@ def _register_ffd(synth: typer.Typer) -> None:
         ablation: bool = typer.Option(False, "--ablation", help="Also FFD of each 'w/o X' sub-space (paper 001 Table II)."),
         per_model: bool = typer.Option(False, "--per-model", help="Also list each real model's distance to the pool."),
         seed: int = typer.Option(0, "--seed", help="Seed for picking real crops and grid noise."),
-        device: str = typer.Option("auto", "--device"),
-        json_out: bool = typer.Option(False, "--json"),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Fréchet Frequency Distance between a pool and real generators (lower = more realistic)."""
         import numpy as np

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from fpt.cli.options import HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, PROBABILITY
+from fpt.cli.options import DEVICE_HELP, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, PROBABILITY
 from fpt.errors import ConfigError
 
 
@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         jpeg_quality: Optional[str] = typer.Option(None, "--jpeg-quality", help="Quality range LO-HI, e.g. 70-100."),
         aug_rrc: Optional[float] = typer.Option(None, "--aug-rrc", callback=PROBABILITY, help="Probability of random resized crop."),
         aug_blur: Optional[float] = typer.Option(None, "--aug-blur", callback=PROBABILITY, help="Probability of mild Gaussian blur."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda[:n]."),
+        device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes", callback=POSITIVE, help="Wall-clock budget: stop (annealed, validated, saved) when it runs out."),
         amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA."),
         half: Optional[bool] = typer.Option(None, "--fp16/--fp32", help="Store the final extractor's weights in fp16."),
@@ -176,7 +176,7 @@ def register(app: typer.Typer) -> None:
         crop_size: int = typer.Option(64, "--crop-size", min=8, help="Training crop side, px."),
         sigma: str = typer.Option("1-5", "--sigma", help="Noise sigma range in 8-bit levels, LO-HI."),
         seed: int = typer.Option(0, "--seed", help="Seed of crops and noise."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Train the small DnCNN-style denoiser whose residual the extractor can use (--residual denoiser)."""
         from fpt.storage import check_writable
@@ -203,7 +203,7 @@ def register(app: typer.Typer) -> None:
     @app.command("extractor-info")
     def extractor_info_cmd(
         path: Optional[Path] = typer.Argument(None, help="Checkpoint (default: the shipped extractor)."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Show an extractor checkpoint's identity, preprocessing, training recipe and validation."""
         from dataclasses import asdict
