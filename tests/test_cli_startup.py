@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,3 +40,13 @@ def test_no_torch_import(gallery, args, code):
     res = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120)
     last = res.stdout.strip().splitlines()[-1]
     assert last == f"NO-TORCH {code}", res.stdout[-500:] + res.stderr[-500:]
+
+
+def test_help_shows_flags_without_type_and_marks_required():
+    res = subprocess.run([sys.executable, "-m", "fpt", "train", "--help"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert res.returncode == 0, res.stderr
+    assert "<bool>" not in res.stdout and "--json" in res.stdout
+    out_line = next(ln for ln in res.stdout.splitlines() if "--out" in ln)
+    assert "required" in out_line or "*" in out_line  # --out is required and marked so
+    assert "--p" in res.stdout and "--k" in res.stdout

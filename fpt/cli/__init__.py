@@ -20,6 +20,29 @@ import typer
 from fpt import __version__
 from fpt.errors import FptError
 
+def _hide_flag_types() -> None:
+    """Show on/off flags without typer 0.29's ``<bool>`` type label (they take no value).
+
+    typer offers no setting for it, so this wraps its option class's label method; guarded, so a
+    typer without that method just keeps its own help (``.ci/latest`` would show the change).
+    """
+    try:
+        from typer.core import TyperOption
+    except ImportError:  # pragma: no cover - another typer layout
+        return
+    label = getattr(TyperOption, "display_type_rich", None)
+    if label is None or getattr(label, "_fpt_wrapped", False):
+        return
+
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        return None if getattr(self, "is_bool_flag", False) else label(self, ctx)
+
+    display_type_rich._fpt_wrapped = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
 app = typer.Typer(
     name="fpt",
     help="Fingerprints of generative models: which model made this image?",
