@@ -10,7 +10,7 @@ from fpt.cli.options import DEVICE_HELP
 from fpt.errors import ConfigError, InputError
 
 manifold_app = typer.Typer(
-    help="Reference manifolds of real images (paper 002): build one, inspect one.",
+    help="Reference manifolds of real images (ManiFPT): build one, inspect one.",
     no_args_is_help=True,
 )
 
@@ -116,7 +116,9 @@ def artifact_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Nearest real image x* and artifact a(x) = x - x* of each image (paper 002, Def. 2.1).
+    """Nearest real image x* and artifact a(x) = x - x* of each image.
+
+    Definition 2.1 of Song et al., 'Formal Definition of Fingerprints Improves Attribution of Generative Models'.
 
     Reports the distance to the manifold |a| (L2 in the space), per dimension (RMS), and as the
     percentile among real images' own nearest-neighbour distances (~50: as close as real images
@@ -202,8 +204,9 @@ def analyse_cmd(
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Separability of models in a fingerprint space (FDR, NMI, silhouette, Davies-Bouldin),
-    and which design factor the fingerprint clusters follow (NMI per factor, paper 002 Table 6)."""
+    """Separability of models in a fingerprint space (FDR, NMI, silhouette, Davies-Bouldin).
+
+    Also which design factor the fingerprint clusters follow (NMI per factor, as in Table 6 of ManiFPT, Song et al., 'Formal Definition of Fingerprints Improves Attribution of Generative Models')."""
     import random
 
     import numpy as np

@@ -56,7 +56,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of tables."),
     ) -> None:
-        """Spectral evidence: residual energy, HP ratio (paper 000 Eq. 13), azimuthal integral, grid peaks.
+        """Spectral evidence: residual energy, high-pass ratio, azimuthal integral, grid peaks.
+
+        The HP ratio is Eq. 13 of Yang et al., 'Fingerprints of Generative Models in the Frequency Domain'.
 
         One row per image, then one summary row per input (file or folder) from the mean spectrum
         over that input's images: pass one folder per generator to compare them. Peaks are
@@ -237,7 +239,9 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write upsample_demo.png here."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of a table."),
     ) -> None:
-        """Why upsampling leaves grids (paper 000 Fig. 3): zero-interleave, then nearest / bilinear / deconv.
+        """Why upsampling leaves grids: zero-interleave, then nearest / bilinear / deconv.
+
+        After Fig. 3 of Yang et al., 'Fingerprints of Generative Models in the Frequency Domain'.
 
         Prints the HP ratio (Eq. 13) and the detected grid peaks after each step: interleaving
         replicates the spectrum 2x2 (peaks at 1/2); nearest and bilinear kernels remove the peaks

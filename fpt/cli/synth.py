@@ -11,7 +11,9 @@ from pathlib import Path
 
 import typer
 
-SYNTH_HELP = """Build a pool of synthetic generative models (papers 000 §4, 001 §III-B).
+SYNTH_HELP = """Build a pool of synthetic generative models.
+
+As in Yang et al., 'Fingerprints of Generative Models in the Frequency Domain' (section 4) and Yang et al., 'Model Synthesis for Zero-Shot Model Attribution' (section III-B).
 
 Frequency-distribution models (288 auto-encoder architectures, `--arch`) learn to reconstruct
 crops of YOUR real images (`--images`, required) until the reconstruction MSE is <= 0.005 or
@@ -223,7 +225,7 @@ def _register_ffd(synth: typer.Typer) -> None:
         size: int = typer.Option(64, "--size", min=8, help="Centre-crop size for spectra (d = size/2 rings)."),
         residual: str = typer.Option("highpass", "--residual", help="Residual extractor (fpt.residual)."),
         exclude: list[str] = typer.Option(None, "--exclude", help="fnmatch patterns of real model folders to leave out, e.g. '*/real'."),
-        ablation: bool = typer.Option(False, "--ablation", help="Also FFD of each 'w/o X' sub-space (paper 001 Table II)."),
+        ablation: bool = typer.Option(False, "--ablation", help="Also FFD of each 'w/o X' sub-space (Table II of Yang et al., 'Model Synthesis for Zero-Shot Model Attribution')."),
         per_model: bool = typer.Option(False, "--per-model", help="Also list each real model's distance to the pool."),
         seed: int = typer.Option(0, "--seed", help="Seed for picking real crops and grid noise."),
         device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
