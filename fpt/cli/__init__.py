@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from typing import Optional
 
 import typer
@@ -113,9 +114,10 @@ def _usage_error(exc: typer.TyperException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
-    _state["interrupted"] = False
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is signal.default_int_handler:  # leave a host program's own handler alone
+    _state["interrupted"] = _state["debug"] = False
+    # Only the main thread may set handlers; leave a host program's own handler alone.
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     try:
         # Without standalone mode the return value is the exit status (typer.Exit's code, 130 on
