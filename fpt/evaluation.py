@@ -83,7 +83,15 @@ def discover_models(root: str | Path, small_side: int = SMALL_SIDE) -> list[Mode
         raise InputError("images directly in ROOT", path=root,
                          hint="put each model's images in its own sub-folder: ROOT/<model>/*.png")
     found: list[ModelFolder] = []
-    for dirpath, dirnames, _ in os.walk(root):
+    seen: set[str] = set()
+    # followlinks: a symlinked model folder is a model folder (os.walk skips links by default);
+    # each real folder is visited once, which also stops symlink loops.
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames.sort()
         d = Path(dirpath)
         if d == root:

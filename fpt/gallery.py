@@ -36,7 +36,7 @@ import h5py
 import numpy as np
 
 from fpt.errors import ExtractorMismatchError, InputError, StoreError
-from fpt.storage import atomic_path, init_store, open_store, store_lock
+from fpt.storage import atomic_path, check_writable, init_store, open_store, real_path, store_lock
 
 KIND = "gallery"
 SCHEMA = 1
@@ -215,9 +215,10 @@ def edit_gallery(path: str | Path, *, create: bool = False) -> Iterator[Gallery]
 
     Any exception inside the block (Ctrl-C included) leaves the file as it was.
     """
-    path = Path(path)
+    path = real_path(path)  # once: lock, read and replace the file a symlink points to
     with store_lock(path):
         if path.exists():
+            check_writable(path, what="gallery file")  # a 0444 gallery is refused, not replaced
             g = load_gallery(path)
         elif create:
             g = Gallery(path=path, created=now_iso())
@@ -228,6 +229,12 @@ def edit_gallery(path: str | Path, *, create: bool = False) -> Iterator[Gallery]
         if g.calibration is not None or any(m.count for m in g.models.values()):
             recalibrate(g)
         save_gallery(g, path)
+
+
+def check_gallery_writable(path: str | Path) -> Path:
+    """Fail fast, before any embedding work, when the gallery at ``path`` cannot be changed
+    (read-only file or folder, missing folder, full or read-only disk). Returns the real path."""
+    return check_writable(path, what="gallery file")
 
 
 # ---------------------------------------------------------------- mutations (on a Gallery in memory)

@@ -11,12 +11,14 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,15 +29,53 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-# highlight=False: numbers in tables must not be recoloured by Rich's repr highlighter.
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# C0/C1 control characters (ESC, newline, tab, DEL, CSI ...): a file or model name holding them
+# must not move the cursor, recolour the terminal or split a table row.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: object, *, keep_newlines: bool = False) -> str:
+    """``str(text)`` with control characters written as Python escapes (``\\x1b``, ``\\n``).
+
+    ``keep_newlines`` leaves line breaks alone: for whole messages, whose lines fpt composed.
+    """
+    pattern = _CONTROL_BUT_NEWLINE if keep_newlines else _CONTROL
+    return pattern.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+def literal(text: object) -> str:
+    """A user string (path, model name, meta value) made safe to embed in Rich markup.
+
+    Control characters become visible escapes and markup is escaped, so ``[bold red]x.png`` or
+    ``[/]`` print as typed. Use it for user strings inside ``print(..., markup=True)``.
+    """
+    return escape(visible(text))
+
+
+class _LiteralConsole(Console):
+    """A console that prints every string literally: no markup, no emoji codes, no repr
+    highlighting, control characters visible. Markup is only parsed where a call asks for it
+    with ``markup=True`` (and then user strings inside must go through :func:`literal`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(markup=False, emoji=False, highlight=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:  # type: ignore[override]
+        # Line breaks survive here (multi-line reports); user strings in table cells lose theirs
+        # in print_table, and literal() escapes them too.
+        return super().render_str(visible(text, keep_newlines=True), **kwargs)
+
+
+console = _LiteralConsole()
+err_console = _LiteralConsole(stderr=True)
 
 
 def warn(message: str) -> None:
-    """One warning line on stderr (never on stdout, which may carry JSON)."""
-    err_console.print(f"[yellow]warning:[/yellow] {message}", markup=True, soft_wrap=True)
+    """One warning line on stderr (never on stdout, which may carry JSON); printed literally."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", markup=True, soft_wrap=True)
 
 
 def format_value(value: Any, digits: int = 4) -> str:
@@ -74,7 +114,7 @@ def print_table(
         # Left-align the first (label) column, right-align the rest (mostly numbers).
         table.add_column(str(col), justify="left" if i == 0 else "right", overflow="fold")
     for row in rows:
-        table.add_row(*(format_value(v) for v in row))
+        table.add_row(*(visible(format_value(v)) for v in row))
     (console_ or console).print(table)
     return table
 
@@ -127,6 +167,16 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+class _DescriptionColumn(TextColumn):
+    """The task description, literally (descriptions hold model and file names)."""
+
+    def __init__(self) -> None:
+        super().__init__("{task.description}", style="progress.description", markup=False)
+
+    def render(self, task: Any) -> Text:
+        return Text(visible(task.description), style=self.style)
+
+
 def progress(*, transient: bool = False, disable: bool = False) -> Progress:
     """A Rich progress bar on stderr with count, elapsed time and ETA.
 
@@ -134,7 +184,7 @@ def progress(*, transient: bool = False, disable: bool = False) -> Progress:
     """
     return Progress(
         SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
+        _DescriptionColumn(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -142,7 +192,8 @@ def progress(*, transient: bool = False, disable: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=err_console,
         transient=transient,
-        disable=disable,
+        # Off a terminal a transient bar draws nothing but leaves a stray blank line on stderr.
+        disable=disable or (transient and not err_console.is_terminal),
     )
 
 

@@ -218,14 +218,20 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, list[str]]:
         if fkey is None:
             raise InputError(f"no embeddings in the .npz (keys: {', '.join(sorted(keys))})", path=path,
                              hint="expected an 'embeddings' array as written by fpt embed")
-        x = np.asarray(data[fkey], dtype=np.float64)
         lkey = next((k for k in ("labels", "models", "model") if k in keys), None)
-        if lkey is not None:
-            labels = [str(v) for v in data[lkey].tolist()]
-        elif "paths" in keys:
-            labels = [Path(str(p)).parent.name for p in data["paths"].tolist()]
-        else:
-            raise InputError("the .npz has no labels or paths to take model names from", path=path)
+        try:  # members load lazily: an object (pickled) array or a non-numeric one fails here
+            x = np.asarray(data[fkey], dtype=np.float64)
+            if lkey is not None:
+                labels = [str(v) for v in data[lkey].tolist()]
+            elif "paths" in keys:
+                labels = [Path(str(p)).parent.name for p in data["paths"].tolist()]
+            else:
+                raise InputError("the .npz has no labels or paths to take model names from", path=path)
+        except (ValueError, TypeError, OSError) as exc:
+            why = ("it holds pickled object arrays, which fpt never loads" if "allow_pickle" in str(exc)
+                   else f"{type(exc).__name__}: {exc}")
+            raise InputError(f"unusable .npz ({why})", path=path,
+                             hint="expected numeric arrays as written by fpt embed or numpy.savez") from None
     if x.ndim != 2 or x.shape[0] != len(labels):
         raise InputError(f"embeddings {x.shape} do not match {len(labels)} labels", path=path)
     return x, labels

@@ -236,6 +236,7 @@ def test_cli_train_writes_loadable_extractor(tmp_path, photo_dir):
     from fpt.extractor.checkpoint import load_extractor
 
     a = tmp_path / "a" / "ex.pt"
+    a.parent.mkdir()  # fpt train refuses to create folders (a typo'd --out must not mkdir -p)
     assert main(_args(photo_dir, a, 8)) == 0
     ex = load_extractor(a, "cpu")
     assert ex.preprocessing.crop_size == 32 and ex.config["steps"] == 8
@@ -246,6 +247,7 @@ def test_cli_train_writes_loadable_extractor(tmp_path, photo_dir):
     assert ex.whitening is not None
     assert set(ex.config["validation_whitening"]) >= {"plain", "whitened"}
     b = tmp_path / "b" / "ex.pt"
+    b.parent.mkdir()
     assert main(_args(photo_dir, b, 4) + ["--whiten-models", "0"]) == 0
     assert load_extractor(b, "cpu").whitening is None
 
@@ -287,9 +289,12 @@ def test_interrupted_run_resumes_exactly(tmp_path):
 def test_cli_train_bad_inputs(tmp_path, photo_dir, capsys):
     from fpt.cli import main
 
-    assert main(["train", "--pool", str(tmp_path / "missing.h5"), "--images", str(photo_dir)]) == 2
+    assert main(["train", "--pool", str(tmp_path / "missing.h5"), "--images", str(photo_dir),
+                 "--out", str(tmp_path / "m.pt")]) == 2
     assert "pool not found" in capsys.readouterr().err
-    assert main(["train", "--images", str(photo_dir)]) == 2
+    assert main(["train", "--images", str(photo_dir), "--out", str(tmp_path / "m.pt")]) == 2
+    assert main(["train", "--images", str(photo_dir)]) == 2  # --out is required
+    assert "--out" in capsys.readouterr().err
     assert main(_args(photo_dir, tmp_path / "x.pt", 4) + ["--residual", "nope"]) == 2
     assert main(_args(photo_dir, tmp_path / "x.pt", 4) + ["--aug-jpeg", "1.5"]) == 2
     assert main(_args(photo_dir, tmp_path / "y.pt", 4) + ["--resume"]) == 3  # nothing to resume

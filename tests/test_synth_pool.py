@@ -89,7 +89,7 @@ CHILD = textwrap.dedent(
     def slow_merge(tmp, parts, config):
         calls[0] += 1
         added = orig(tmp, parts, config)
-        if calls[0] == 3:  # 1: open, 2: first commit (3 models), 3: second commit -> hang mid-write
+        if calls[0] == 2:  # 1: first commit (3 models; creates the pool), 2: second commit -> hang mid-write
             print("MERGING", flush=True)
             time.sleep(120)
         return added
@@ -174,3 +174,18 @@ def test_pool_survives_fork(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     pool.close()
+
+
+def test_failed_build_leaves_no_pool(tmp_path):
+    """A build that fails before its first model is stored creates no (0-model) pool file."""
+    out = tmp_path / "pool.h5"
+
+    class Boom(RuntimeError):
+        pass
+
+    def on_start(todo, skipped):
+        raise Boom
+
+    with pytest.raises(Boom):
+        build_pool(out, tiny_jobs(), tiny_bank(), TINY, on_start=on_start)
+    assert not out.exists()

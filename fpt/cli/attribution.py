@@ -16,13 +16,17 @@ from typing import Optional
 
 import typer
 
+from fpt.cli.options import DEVICE_HELP, HALF_OPEN_UNIT, OPEN_UNIT
+
 EXIT_UNKNOWN = 10
 EXIT_SOME_FAILED = 11
 ENROLL_CHUNK = 256
 
 _EXTRACTOR_HELP = "Extractor checkpoint (.pt); default: the weights shipped with fpt."
-_DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+_DEVICE_HELP = DEVICE_HELP
 _GALLERY_HELP = "Gallery file (default $FPT_GALLERY or $XDG_DATA_HOME/fpt/gallery.h5)."
+_WINDOWS_HELP = "n for n x n windows (default: the checkpoint's)."
+_BATCH_HELP = "Window crops per forward pass (bounds memory)."
 
 
 def load_extractor(path: Optional[Path], device: str):
@@ -159,21 +163,17 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .npz (embeddings, paths, low_confidence, extractor hash)."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
-        batch_size: int = typer.Option(64, "--batch-size", help="Window crops per forward pass (bounds memory)."),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary."),
         jsonl: Optional[Path] = typer.Option(None, "--jsonl", help=_JSONL_HELP),
         csv_file: Optional[Path] = typer.Option(None, "--csv-file", help=_CSV_FILE_HELP),
         resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
-        workers: int = typer.Option(0, "--workers", help=_WORKERS_HELP),
-        flush_every: int = typer.Option(256, "--flush-every", help=_FLUSH_HELP),
+        workers: int = typer.Option(0, "--workers", min=0, help=_WORKERS_HELP),
+        flush_every: int = typer.Option(256, "--flush-every", min=1, help=_FLUSH_HELP),
         shard: Optional[str] = typer.Option(None, "--shard", help=_SHARD_HELP),
     ) -> None:
         """Write fingerprint embeddings of images to an .npz (or stream them to --jsonl/--csv-file)."""
-        from fpt.extractor.embed import save_embeddings_npz
-        from fpt.images import find_images
-        from fpt.report import console, print_json
-
         to_file = _check_scan_options(jsonl, csv_file, resume, workers, shard)
         if to_file and out is not None:
             from fpt.errors import ConfigError
@@ -183,6 +183,13 @@ def register(app: typer.Typer) -> None:
             from fpt.errors import ConfigError
 
             raise ConfigError("no output given", hint="--out FILE.npz, or --jsonl FILE / --csv-file FILE for big folders")
+        if out is not None:
+            from fpt.storage import check_writable
+
+            check_writable(out, what="embeddings file")  # before the slow part (and torch's import)
+        from fpt.extractor.embed import save_embeddings_npz
+        from fpt.images import find_images
+        from fpt.report import console, print_json
         files = find_images(paths)
         ex = load_extractor(extractor, _scan_device(device))
         if to_file:
@@ -213,17 +220,21 @@ def register(app: typer.Typer) -> None:
         meta: Optional[list[str]] = typer.Option(None, "--meta", help="key=value metadata (repeatable)."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
-        batch_size: int = typer.Option(64, "--batch-size"),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Enroll a model from its images (re-enrolling an image already there is a no-op)."""
-        from fpt.gallery import add_embeddings, edit_gallery, load_gallery, parse_meta
+        from fpt.gallery import add_embeddings, check_gallery_writable, edit_gallery, load_gallery, parse_meta
         from fpt.storage import file_sha256
-        from fpt.images import find_images
-        from fpt.report import console, print_json, warn
+        from fpt.report import console, literal, print_json, warn
 
         gpath = _gallery_path(gallery)
+        if gallery is None:  # the default location's folder is ours to create
+            gpath.parent.mkdir(parents=True, exist_ok=True)
+        gpath = check_gallery_writable(gpath)  # before the slow part (and torch's import); symlinks resolved once
+        from fpt.images import find_images
+
         meta_d = parse_meta(meta)
         files = find_images(paths)
         n_input = len(files)
@@ -253,7 +264,7 @@ def register(app: typer.Typer) -> None:
                 r = add_embeddings(
                     g, model,
                     np.stack([x.embedding for x in pending]) if pending else np.zeros((0, int(ex.embedding_dim)), np.float32),
-                    [str(x.path) for x in pending], [hashes.get(x.path) or file_sha256(x.path) for x in pending],
+                    [str(Path(x.path).resolve()) for x in pending], [hashes.get(x.path) or file_sha256(x.path) for x in pending],
                     np.array([x.low_confidence for x in pending], bool), ex.sha256, int(ex.embedding_dim), meta_d)
                 if r.total == 0:  # nothing readable for a new model: leave the gallery untouched
                     raise _no_images(model, failed)
@@ -284,8 +295,8 @@ def register(app: typer.Typer) -> None:
                         "images": res.total, "low_confidence": low,
                         "threshold": cal.threshold if cal else None})
             return
-        console.print(f"enrolled [bold]{model}[/bold]: {res.added} new image(s), {skipped_dupes} already enrolled, "
-                      f"{len(failed)} unreadable; {res.total} image(s) in total -> {gpath}")
+        console.print(f"enrolled [bold]{literal(model)}[/bold]: {res.added} new image(s), {skipped_dupes} already enrolled, "
+                      f"{len(failed)} unreadable; {res.total} image(s) in total -> {literal(gpath)}", markup=True)
         if low:
             warn(f"{low} image(s) were smaller than the extractor's window and were mirror-padded (low confidence)")
         if res.total < 10:
@@ -307,7 +318,7 @@ def register(app: typer.Typer) -> None:
     @gal.command("list")
     def gallery_list(
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Enrolled models with image counts and dates."""
         from fpt.gallery import load_gallery
@@ -333,13 +344,13 @@ def register(app: typer.Typer) -> None:
     def gallery_show(
         model: str = typer.Argument(...),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """One model: metadata, fingerprint summary and its enrolled images."""
         import numpy as np
 
         from fpt.gallery import load_gallery
-        from fpt.report import console, print_json, print_table
+        from fpt.report import console, literal, print_json, print_table
 
         g = load_gallery(_gallery_path(gallery))
         m = g.get(model)
@@ -354,7 +365,8 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(info)
             return
-        console.print(f"[bold]{m.name}[/bold]: {m.count} images, created {m.created}, updated {m.updated}")
+        console.print(f"[bold]{literal(m.name)}[/bold]: {m.count} images, created {m.created}, updated {m.updated}",
+                      markup=True)
         if m.meta:
             console.print("meta: " + ", ".join(f"{k}={v}" for k, v in sorted(m.meta.items())))
         console.print(f"consistency (|mean of unit embeddings|, 1 = identical): {info['fingerprint_norm_of_mean']:.3f}")
@@ -416,9 +428,9 @@ def register(app: typer.Typer) -> None:
 
     @gal.command("calibrate")
     def gallery_calibrate(
-        far: float = typer.Option(0.05, "--far", help="False-accept rate to allow for unknown images."),
+        far: float = typer.Option(0.05, "--far", callback=HALF_OPEN_UNIT, help="False-accept rate to allow for unknown images, in [0, 1)."),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Choose and store the identification threshold from the gallery's own images.
 
@@ -459,19 +471,19 @@ def register(app: typer.Typer) -> None:
     def identify_cmd(
         paths: list[Path] = typer.Argument(..., help="Images and/or folders to attribute."),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
-        top_k: int = typer.Option(3, "--top-k", "-k", help="How many candidate models to list."),
+        top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many candidate models to list."),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the calibrated threshold."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        windows: Optional[int] = typer.Option(None, "--windows"),
-        batch_size: int = typer.Option(64, "--batch-size"),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
         json_out: bool = typer.Option(False, "--json", help="JSON to stdout."),
         csv_out: bool = typer.Option(False, "--csv", help="CSV to stdout."),
         jsonl: Optional[Path] = typer.Option(None, "--jsonl", help=_JSONL_HELP),
         csv_file: Optional[Path] = typer.Option(None, "--csv-file", help=_CSV_FILE_HELP),
         resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
-        workers: int = typer.Option(0, "--workers", help=_WORKERS_HELP),
-        flush_every: int = typer.Option(256, "--flush-every", help=_FLUSH_HELP),
+        workers: int = typer.Option(0, "--workers", min=0, help=_WORKERS_HELP),
+        flush_every: int = typer.Option(256, "--flush-every", min=1, help=_FLUSH_HELP),
         shard: Optional[str] = typer.Option(None, "--shard", help=_SHARD_HELP),
     ) -> None:
         """Which enrolled model made each image, or unknown (exit 10 if any unknown)."""
@@ -480,7 +492,7 @@ def register(app: typer.Typer) -> None:
         from fpt.attribution import failure_record, identification_record, identify_embeddings
         from fpt.gallery import load_gallery
         from fpt.images import find_images
-        from fpt.report import console, print_json, warn
+        from fpt.report import console, print_json, visible, warn
 
         if json_out and csv_out:
             from fpt.errors import ConfigError
@@ -537,10 +549,11 @@ def register(app: typer.Typer) -> None:
             rows = []
             nd = _digits(t_used, *(r.score for r in results))
             for r in results:
-                tops = "\n".join(f"{m} {s:.{nd}f}" for m, s in r.top)
-                decided = r.model if r.identified else "[red]unknown[/red]"
+                tops = "\n".join(f"{visible(m)} {s:.{nd}f}" for m, s in r.top)
+                decided = visible(r.model) if r.identified else Text("unknown", style="red")
                 rows.append([r.path, decided, r.score, tops, "yes" if r.low_confidence else ""])
             from rich.table import Table
+            from rich.text import Text
 
             table = Table(title=f"identification against {g.path.name} ({len(g.models)} models)",
                           caption=f"threshold {t_used:.{nd}f} ({src})" if t_used is not None else "no threshold")
@@ -552,7 +565,7 @@ def register(app: typer.Typer) -> None:
             if any_low:
                 table.add_column("low-conf")
             for row in rows:
-                cells = [str(row[0]), row[1], f"{row[2]:.{nd}f}", row[3]] + ([row[4]] if any_low else [])
+                cells = [visible(row[0]), row[1], f"{row[2]:.{nd}f}", row[3]] + ([row[4]] if any_low else [])
                 table.add_row(*cells)
             console.print(table)
             if len(results) > 1 or failed:
@@ -573,13 +586,13 @@ def register(app: typer.Typer) -> None:
         b: Path = typer.Argument(..., help="Side B: an image or folder."),
         threshold: Optional[float] = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated "
                                                   "on the gallery's images for this N_S)."),
-        far: float = typer.Option(0.05, "--far", help="False-accept rate for the calibrated threshold."),
+        far: float = typer.Option(0.05, "--far", callback=OPEN_UNIT, help="False-accept rate for the calibrated threshold, in (0, 1)."),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        windows: Optional[int] = typer.Option(None, "--windows"),
-        batch_size: int = typer.Option(64, "--batch-size"),
-        json_out: bool = typer.Option(False, "--json"),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Were A and B made by the same model? Exit 0 same, 10 different."""
         import numpy as np
@@ -612,10 +625,12 @@ def register(app: typer.Typer) -> None:
         else:
             verdict = "[green]same model[/green]" if v.same_model else "[red]different models[/red]"
             nd = _digits(v.similarity, v.threshold)
-            console.print(f"similarity {v.similarity:.{nd}f} (A: {v.n_a} image(s), B: {v.n_b} image(s)) -> {verdict}")
+            console.print(f"similarity {v.similarity:.{nd}f} (A: {v.n_a} image(s), B: {v.n_b} image(s)) -> {verdict}",
+                          markup=True)
             console.print(f"threshold {v.threshold:.{nd}f} ({v.threshold_source})")
             if low:
-                console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]")
+                console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]",
+                              markup=True)
         if not v.same_model:
             raise typer.Exit(EXIT_UNKNOWN)
 
@@ -625,7 +640,7 @@ def register(app: typer.Typer) -> None:
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dendrogram PNG (default: lineage.png)."),
         models: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Only these models (repeatable)."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Cluster the gallery's fingerprints (cosine, average linkage): dendrogram PNG + text tree."""
         import numpy as np
@@ -657,19 +672,21 @@ def register(app: typer.Typer) -> None:
                                          "artifact-feat, artifact-rgb-fpt (artifact-* need --manifold or --real)."),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        out: Path = typer.Option(Path("fpt-eval"), "--out", "-o", help="Folder for ROC / histogram PNGs and eval.json."),
-        seed: int = typer.Option(0, "--seed"),
-        pairs: int = typer.Option(2000, "--pairs", help="Test pairs per N_S (balanced)."),
-        repeats: int = typer.Option(5, "--repeats", help="Random gallery / unknown draws averaged."),
-        k_shot: int = typer.Option(10, "--k-shot", help="Images per model in the identification gallery."),
-        unknown_fraction: float = typer.Option(0.3, "--unknown-fraction", help="Share of models held out as unknown."),
-        far: float = typer.Option(0.05, "--far", help="FAR for the open-set threshold (gallery calibration)."),
-        windows: Optional[int] = typer.Option(None, "--windows", help="fpt: n x n windows (default: the checkpoint's)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for ROC / histogram PNGs and eval.json "
+                                           "(default: none written)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the random splits and pairs."),
+        pairs: int = typer.Option(2000, "--pairs", min=1, help="Test pairs per N_S (balanced)."),
+        repeats: int = typer.Option(5, "--repeats", min=1, help="Random gallery / unknown draws averaged."),
+        k_shot: int = typer.Option(10, "--k-shot", min=1, help="Images per model in the identification gallery."),
+        unknown_fraction: float = typer.Option(0.3, "--unknown-fraction", callback=HALF_OPEN_UNIT,
+                                               help="Share of models held out as unknown, in [0, 1)."),
+        far: float = typer.Option(0.05, "--far", callback=OPEN_UNIT, help="FAR for the open-set threshold (gallery calibration), in (0, 1)."),
+        windows: Optional[int] = typer.Option(None, "--windows", min=1, help="fpt: n x n windows (default: the checkpoint's)."),
         manifold: Optional[Path] = typer.Option(None, "--manifold", help="Real-image manifold for artifact-* methods "
                                                 "(fpt manifold build)."),
         real: Optional[Path] = typer.Option(None, "--real", help="Real images for an ad-hoc manifold (artifact-* methods)."),
         figures: bool = typer.Option(True, "--figures/--no-figures", help="Write ROC and histogram PNGs."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Verification, identification, open-set and clustering metrics for several methods, same splits."""
         from fpt.evaluation import evaluate, per_model_rows, plot_group, summary_table, to_json
@@ -688,15 +705,16 @@ def register(app: typer.Typer) -> None:
                                                   **({"manifold": manifold} if manifold else {}),
                                                   **({"real_images": real} if real else {})},
                            progress=make)
-        out.mkdir(parents=True, exist_ok=True)
         pngs = []
-        for g in res.groups:
-            if g.methods and figures:
-                pngs += plot_group(g, out)
         data = to_json(res)
-        data["figures"] = [str(p) for p in pngs]
-        with atomic_path(out / "eval.json") as tmp:
-            tmp.write_text(dumps_json(data))
+        if out is not None:  # files only where the user asked for them
+            out.mkdir(parents=True, exist_ok=True)
+            for g in res.groups:
+                if g.methods and figures:
+                    pngs += plot_group(g, out)
+            data["figures"] = [str(p) for p in pngs]
+            with atomic_path(out / "eval.json") as tmp:
+                tmp.write_text(dumps_json(data))
         if json_out:
             print_json(data)
             return
@@ -715,4 +733,5 @@ def register(app: typer.Typer) -> None:
             print_table(f"{g.group}: {res.settings['k_shot']}-shot identification accuracy per model", cols, rows)
             for n in g.notes:
                 console.print(f"  note: {n}")
-        console.print(f"figures and eval.json in {out}/")
+        if out is not None:
+            console.print(f"figures and eval.json in {out}/")

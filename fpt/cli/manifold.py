@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
+from fpt.cli.options import DEVICE_HELP
+
 from fpt.errors import ConfigError, InputError
 
 manifold_app = typer.Typer(
-    help="Reference manifolds of real images (paper 002): build one, inspect one.",
+    help="Reference manifolds of real images (ManiFPT): build one, inspect one.",
     no_args_is_help=True,
 )
 
@@ -33,10 +35,10 @@ def build_cmd(
     fit: str = typer.Option("crop", "--fit", help="crop: centre crop, no resampling (keeps fingerprints); resize: thumbnail."),
     extractor: Path = typer.Option(None, "--extractor", help="feat space: extractor checkpoint (default: shipped)."),
     limit: int = typer.Option(0, "--limit", help="Use a seeded random subset of this many images (0 = all)."),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random choices."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     no_pixels: bool = typer.Option(False, "--no-pixels", help="Do not store the x* views (freq/feat figures then lack x*)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
 ) -> None:
     """Embed real images into rgb / freq / feat space and store them as a reference manifold."""
@@ -69,7 +71,7 @@ def build_cmd(
 @manifold_app.command("info")
 def info_cmd(
     manifold: Path = typer.Argument(..., help="Manifold file."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Show what a manifold holds and exactly how its images were preprocessed."""
     import numpy as np
@@ -112,10 +114,12 @@ def artifact_cmd(
     space: str = typer.Option("", "--space", help="Space(s) to use (default: every space in the file)."),
     out: Path = typer.Option(None, "--out", "-o", help="Folder for artifact arrays (.npz) and figures (.png)."),
     no_figures: bool = typer.Option(False, "--no-figures", help="With --out: arrays only."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
-    json_out: bool = typer.Option(False, "--json"),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Nearest real image x* and artifact a(x) = x - x* of each image (paper 002, Def. 2.1).
+    """Nearest real image x* and artifact a(x) = x - x* of each image.
+
+    Definition 2.1 of Song et al., 'Formal Definition of Fingerprints Improves Attribution of Generative Models'.
 
     Reports the distance to the manifold |a| (L2 in the space), per dimension (RMS), and as the
     percentile among real images' own nearest-neighbour distances (~50: as close as real images
@@ -174,17 +178,19 @@ def analyse_cmd(
     save: Path = typer.Option(None, "--save", help="Also write the embeddings to this .npz."),
     standardize: bool = typer.Option(False, "--standardize", help="z-score feature columns before clustering."),
     figure: Path = typer.Option(None, "--figure", help="Write a PCA scatter of the fingerprints by model (PNG)."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
-    json_out: bool = typer.Option(False, "--json"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random choices."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Separability of models in a fingerprint space (FDR, NMI, silhouette, Davies-Bouldin),
-    and which design factor the fingerprint clusters follow (NMI per factor, paper 002 Table 6)."""
+    """Separability of models in a fingerprint space (FDR, NMI, silhouette, Davies-Bouldin).
+
+    Also which design factor the fingerprint clusters follow (NMI per factor, as in Table 6 of ManiFPT, Song et al., 'Formal Definition of Fingerprints Improves Attribution of Generative Models')."""
     from fpt import separability as an
     from fpt.report import print_json, progress, warn
 
-    with progress(disable=json_out) as bar:
-        task = bar.add_task("embedding", total=None, visible=False)  # .npz input: nothing to show
+    # An .npz input is read, not embedded: no bar (an idle one leaves a blank line on stderr).
+    with progress(disable=json_out or source.suffix == ".npz") as bar:
+        task = bar.add_task("embedding", total=None, visible=False)
         fp = an.load_fingerprints(source, representation=representation, manifold=manifold, per_model=per_model,
                                   real=real, models=models, crop=crop, seed=seed, device=device,
                                   on_progress=lambda what, d, t: bar.update(task, description=what, completed=d,

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from fpt.cli.options import DEVICE_HELP
+
 #: Above this many images, per-image figures / .npz are written only with --per-image.
 PER_IMAGE_AUTO_LIMIT = 50
 
@@ -41,10 +43,12 @@ def spectrum_cmd(
         False, "--periodic", help="Remove the border cross first (periodic + smooth decomposition, Moisan 2011)."
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Analyse only the first N images (sorted) of each input."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of tables."),
 ) -> None:
-    """Spectral evidence: residual energy, HP ratio (paper 000 Eq. 13), azimuthal integral, grid peaks.
+    """Spectral evidence: residual energy, high-pass ratio, azimuthal integral, grid peaks.
+
+    The HP ratio is Eq. 13 of Yang et al., 'Fingerprints of Generative Models in the Frequency Domain'.
 
     One row per image, then one summary row per input (file or folder) from the mean spectrum
     over that input's images: pass one folder per generator to compare them. Peaks are
@@ -123,7 +127,9 @@ def demo_upsample_cmd(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write upsample_demo.png here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of a table."),
 ) -> None:
-    """Why upsampling leaves grids (paper 000 Fig. 3): zero-interleave, then nearest / bilinear / deconv.
+    """Why upsampling leaves grids: zero-interleave, then nearest / bilinear / deconv.
+
+    After Fig. 3 of Yang et al., 'Fingerprints of Generative Models in the Frequency Domain'.
 
     Prints the HP ratio (Eq. 13) and the detected grid peaks after each step: interleaving
     replicates the spectrum 2x2 (peaks at 1/2); nearest and bilinear kernels remove the peaks

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import typer
 
-SYNTH_HELP = """Build a pool of synthetic generative models (papers 000 §4, 001 §III-B).
+SYNTH_HELP = """Build a pool of synthetic generative models.
+
+As in Yang et al., 'Fingerprints of Generative Models in the Frequency Domain' (section 4) and Yang et al., 'Model Synthesis for Zero-Shot Model Attribution' (section III-B).
 
 Frequency-distribution models (288 auto-encoder architectures, `--arch`) learn to reconstruct
 crops of YOUR real images (`--images`, required) until the reconstruction MSE is <= 0.005 or
@@ -19,6 +21,9 @@ crops of YOUR real images (`--images`, required) until the reconstruction MSE is
 real images. Finished models are never lost: rerun the same command to resume after a crash or
 Ctrl-C. Split the work with `--shard i/n` and join with `fpt synth merge`.
 """
+
+
+from fpt.cli.options import DEVICE_HELP, POSITIVE
 
 
 def _parse_ints(text: str, what: str, example: str = "3,4,5") -> list[int]:
@@ -60,40 +65,43 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         images: list[Path] = typer.Option(None, "--images", "-i", help="Real images (folders or files) the models learn from; repeatable. Required."),
         out: Path = typer.Option(Path("pool.h5"), "--out", "-o", help="Pool file to create or resume."),
-        seeds: int = typer.Option(1, "--seeds", help="Seeds per FD architecture (paper: 20)."),
-        seed_start: int = typer.Option(0, "--seed-start", help="First seed number."),
+        seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per FD architecture (paper: 20)."),
+        seed_start: int = typer.Option(0, "--seed-start", min=0, help="First seed number."),
         arch: str = typer.Option("*", "--arch", help="FD architectures: fnmatch pattern(s), comma-separated, e.g. 'K1-*-deconv-*'; 'none' for no FD models."),
         blocks: str = typer.Option("1,2", "--blocks", help="FD down/up block counts K (paper: 1,2; 3 adds x8 up-sampling stacks like latent-diffusion decoders)."),
         grid_depths: str = typer.Option("3,4,5", "--grid-depths", help="Grid generator depths, e.g. 3,4,5; 'none' for no grid models."),
-        grid_seeds: int = typer.Option(1, "--grid-seeds", help="Seeds per grid depth (paper: 500)."),
-        size: int = typer.Option(64, "--size", help="Training crop size in pixels (multiple of 4)."),
-        width: int = typer.Option(16, "--width", help="Base channel width of the synthetic models."),
-        kernel: int = typer.Option(3, "--kernel", help="Conv kernel size (odd)."),
-        batch: int = typer.Option(16, "--batch", help="Crops per training step."),
-        lr: float = typer.Option(5e-3, "--lr", help="Adam learning rate."),
-        max_steps: int = typer.Option(300, "--max-steps", help="Step cap per model (training stops earlier at the target)."),
-        target: float = typer.Option(0.005, "--target", help="FD stop target: reconstruction MSE."),
-        crops: int = typer.Option(2048, "--crops", help="Pre-decoded crops shared by all models."),
-        max_images: int = typer.Option(0, "--max-images", help="Use at most this many images (0 = all)."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
-        workers: int = typer.Option(1, "--workers", help="CPU processes (one per core)."),
+        grid_seeds: int = typer.Option(1, "--grid-seeds", min=0, help="Seeds per grid depth (paper: 500)."),
+        size: int = typer.Option(64, "--size", min=8, help="Training crop size in pixels (multiple of 4, >= 8)."),
+        width: int = typer.Option(16, "--width", min=1, help="Base channel width of the synthetic models."),
+        kernel: int = typer.Option(3, "--kernel", min=1, help="Conv kernel size (odd)."),
+        batch: int = typer.Option(16, "--batch", min=1, help="Crops per training step."),
+        lr: float = typer.Option(5e-3, "--lr", callback=POSITIVE, help="Adam learning rate."),
+        max_steps: int = typer.Option(300, "--max-steps", min=1, help="Step cap per model (training stops earlier at the target)."),
+        target: float = typer.Option(0.005, "--target", callback=POSITIVE, help="FD stop target: reconstruction MSE."),
+        crops: int = typer.Option(2048, "--crops", min=1, help="Pre-decoded crops shared by all models."),
+        max_images: int = typer.Option(0, "--max-images", min=0, help="Use at most this many images (0 = all)."),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+        workers: int = typer.Option(1, "--workers", min=1, help="CPU processes (one per core)."),
         shard: str = typer.Option(None, "--shard", help="Build only part i of n of the job list: 'i/n' (0-based); under torchrun each rank takes its share of it."),
         channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels-last memory format (faster on CPU)."),
         json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return
-        from fpt.devices import select_device
         from fpt.errors import ConfigError
+        from fpt.storage import check_writable
+
+        if not images:
+            raise ConfigError("--images is required: the real images the synthetic models learn from",
+                              hint="e.g. fpt synth --images photos/ --out pool.h5 (see fpt synth --help)")
+        check_writable(out, what="pool file")  # before torch's import and any work; an existing pool is resumed
+        from fpt.devices import select_device
         from fpt.report import err_console, print_json, progress, warn
         from fpt.synth.pool import build_pool, summarise
         from fpt.synth.space import grid_space, select_archs
         from fpt.scan import shard_spec
         from fpt.synth.train import CropBank, TrainConfig, plan_jobs, shard_jobs
 
-        if not images:
-            raise ConfigError("--images is required: the real images the synthetic models learn from",
-                              hint="e.g. fpt synth --images photos/ --out pool.h5 (see fpt synth --help)")
         dev = select_device(device)
         cfg = TrainConfig(size=size, width=width, kernel=kernel, batch=batch, lr=lr, max_steps=max_steps,
                           target=target, channels_last=channels_last)
@@ -136,7 +144,7 @@ def register(app: typer.Typer) -> None:
         pool: Path = typer.Argument(..., help="Pool file."),
         by: str = typer.Option("family", "--by", help="Group rows by family or a factor: K, L, S, U, A, N, D."),
         models: bool = typer.Option(False, "--models", help="List every model with its record."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Summary table of an existing pool (per family or factor)."""
         from fpt.report import print_json, print_table, warn
@@ -164,7 +172,7 @@ def register(app: typer.Typer) -> None:
         images: list[Path] = typer.Argument(..., help="Real images or folders to fingerprint."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the fingerprinted PNGs."),
         seed: int = typer.Option(0, "--seed", help="Noise seed (grid generators)."),
-        device: str = typer.Option("auto", "--device"),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     ) -> None:
         """Write images as the synthetic model would make them (FD: reconstruction; grid: + noise)."""
         import numpy as np
@@ -217,15 +225,15 @@ def _register_ffd(synth: typer.Typer) -> None:
         pool: Path = typer.Argument(..., help="Pool of synthetic models."),
         real: Path = typer.Option(..., "--real", help="ROOT/<model>/ folders of images from real generators."),
         images: list[Path] = typer.Option(None, "--images", "-i", help="Real images the synthetic models are applied to (required)."),
-        n: int = typer.Option(100, "--n", help="Images per model (paper: 100)."),
-        size: int = typer.Option(64, "--size", help="Centre-crop size for spectra (d = size/2 rings)."),
+        n: int = typer.Option(100, "--n", min=2, help="Images per model (paper: 100)."),
+        size: int = typer.Option(64, "--size", min=8, help="Centre-crop size for spectra (d = size/2 rings)."),
         residual: str = typer.Option("highpass", "--residual", help="Residual extractor (fpt.residual)."),
         exclude: list[str] = typer.Option(None, "--exclude", help="fnmatch patterns of real model folders to leave out, e.g. '*/real'."),
-        ablation: bool = typer.Option(False, "--ablation", help="Also FFD of each 'w/o X' sub-space (paper 001 Table II)."),
+        ablation: bool = typer.Option(False, "--ablation", help="Also FFD of each 'w/o X' sub-space (Table II of Yang et al., 'Model Synthesis for Zero-Shot Model Attribution')."),
         per_model: bool = typer.Option(False, "--per-model", help="Also list each real model's distance to the pool."),
         seed: int = typer.Option(0, "--seed", help="Seed for picking real crops and grid noise."),
-        device: str = typer.Option("auto", "--device"),
-        json_out: bool = typer.Option(False, "--json"),
+        device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Fréchet Frequency Distance between a pool and real generators (lower = more realistic)."""
         import numpy as np

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -119,11 +122,23 @@ def _read_blob(path: Path, fmt: str) -> dict:
     try:
         # weights_only=True: only tensors and plain containers can come back; a pickle carrying
         # code (__reduce__ payloads) is rejected by torch's restricted unpickler, not executed.
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"refusing to load: not a safe fpt checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''})", path=path,
+        # Its warnings (pickle protocol notes) would precede our one-line error: silenced.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError("refusing to load: the file holds pickled Python objects other than tensors, "
+                              "which could run code", path=path,
                               hint="checkpoints must be written by fpt; never load files from untrusted sources") from None
+    except Exception as exc:
+        with open(path, "rb") as fh:
+            zipped = fh.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+        if zipped and not zipfile.is_zipfile(path):
+            raise CheckpointError("checkpoint is truncated or damaged (incomplete archive)", path=path,
+                                  hint="copy or download it again") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(f"not a readable fpt checkpoint ({type(exc).__name__}: {first})", path=path,
+                              hint="checkpoints must be written by fpt") from None
     if not isinstance(blob, dict) or blob.get("format") != fmt:
         raise CheckpointError(f"not an {fmt} file", path=path)
     return blob

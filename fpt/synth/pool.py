@@ -285,7 +285,9 @@ class PoolWriter:
     def flush(self, all_parts: bool = False) -> list[str]:
         """Merge journalled models into the pool (atomic replace) and delete their parts."""
         parts = _pending_parts(self.path) if all_parts else list(self._new)
-        if not parts and self.path.exists():
+        if not parts:
+            # Nothing to add: in particular a new pool is not created until its first model is
+            # done, so a build that fails early leaves no empty pool locking in its settings.
             return []
         with store_lock(self.path):
             with atomic_path(self.path, copy_existing=True) as tmp:
