@@ -32,9 +32,10 @@ import numpy as np
 LN10 = math.log(10.0)
 #: adaptive S-norm: how many of the highest cohort scores give the mean / std
 DEFAULT_TOP_N = 50
-#: an image is attributed when its best model's log10 LR reaches this level: LR >= 10, the
-#: start of "moderate support" on the ENFSI scale (below it the evidence is at most weak)
-DEFAULT_MIN_LOG10_LR = 1.0
+#: an image is attributed when its best model's log10 LR reaches this level. 0 (LR >= 1: the
+#: evidence favours the model over "another model") is the Bayes decision for equal priors and
+#: equal costs; an analyst who wants at least "moderate support" passes 1 (LR >= 10).
+DEFAULT_MIN_LOG10_LR = 0.0
 #: (probe images, model images) of the cohort trials a calibration is fitted for
 CALIBRATION_SIZES: tuple[tuple[int, int], ...] = ((1, 5), (1, 10), (1, 1), (5, 5), (10, 10))
 _SD_FLOOR = 1e-4

@@ -173,3 +173,50 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# ---------------------------------------------------------------- decisions: cohort, LR, verbal scale
+
+
+def render_cohort(summary: Mapping[str, Any], title: str) -> None:
+    """A cohort's size, extractor and in-sample calibration quality per (probe, model) set size."""
+    console.print(f"{title}: {summary['models']} models, {summary['images']} images, extractor "
+                  f"{str(summary['extractor_sha256'])[:12]}", markup=False)
+    cal = summary.get("calibration")
+    if not cal:
+        console.print("no LR calibration stored", markup=False)
+        return
+    print_table(f"LR calibration (adaptive S-norm, top-{cal['top_n']}), fitted on cohort trials",
+                ["probe images", "model images", "method", "Cllr", "Cllr_min", "targets", "non-targets"],
+                [[r["n_probe"], r["n_model"], r["calibrator"].get("method"), r["cllr"], r["cllr_min"], r["targets"],
+                  r["non_targets"]] for r in cal["sizes"]],
+                caption="in-sample on the cohort; fpt eval measures it on held-out labelled folders")
+
+
+def identification_record(r: Any) -> dict[str, Any]:
+    """The one per-image record of ``fpt identify --json`` (and of any streaming output)."""
+    rec: dict[str, Any] = {"path": r.path, "model": r.model, "best_model": r.best_model, "score": r.score,
+                           "score_norm": r.score_norm, "log10_lr": r.log10_lr, "verbal": r.verbal,
+                           "low_confidence": r.low_confidence}
+    rec["top"] = [{"model": m, "score": s,
+                   "score_norm": r.top_norm[i] if i < len(r.top_norm) else None,
+                   "log10_lr": r.top_log10_lr[i] if i < len(r.top_log10_lr) else None}
+                  for i, (m, s) in enumerate(r.top)]
+    return rec
+
+
+def format_lr(log10_lr: float | None) -> str:
+    """``log10 LR 1.84 (LR 69)``; LRs beyond 10^+-6 shown as powers of ten."""
+    if log10_lr is None or not math.isfinite(log10_lr):
+        return "-"
+    lr = 10.0 ** log10_lr
+    shown = f"{lr:.3g}" if 1e-3 <= lr <= 1e6 else f"10^{log10_lr:.1f}"
+    return f"{log10_lr:+.2f} (LR {shown})"
+
+
+def cohort_summary(c: Any) -> dict[str, Any]:
+    """JSON-able summary of a :class:`fpt.cohort.Cohort`."""
+    cal = c.calibration
+    return {"path": str(c.path) if c.path else None, "extractor_sha256": c.extractor_sha256, "models": c.size,
+            "images": int(c.embeddings.shape[0]), "created": c.created, "source": c.source,
+            "calibration": cal.to_dict() if cal else None}

@@ -36,9 +36,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from fpt.cli import attribution, manifold, spectrum, synth, train
+    from fpt.cli import attribution, cohort, manifold, spectrum, synth, train
 
-    for module in (spectrum, synth, train, attribution, manifold):
+    for module in (spectrum, synth, train, attribution, cohort, manifold):
         module.register(app)
 
 

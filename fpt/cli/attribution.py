@@ -23,6 +23,12 @@ ENROLL_CHUNK = 256
 _EXTRACTOR_HELP = "Extractor checkpoint (.pt); default: the weights shipped with fpt."
 _DEVICE_HELP = "auto | cpu | cuda | cuda:N"
 _GALLERY_HELP = "Gallery file (default $FPT_GALLERY or $XDG_DATA_HOME/fpt/gallery.h5)."
+_MIN_LR_HELP = ("Attribute / call 'same model' when log10 LR reaches this level (0: LR >= 1, the evidence favours "
+                "it; 1: LR >= 10, moderate support).")
+_LR_FROM_HELP = ("Likelihood-ratio calibration: gallery (raw cosine, fitted on the gallery's own images; default) or "
+                 "cohort (adaptive S-norm against the extractor's cohort, fitted on cohort models).")
+_COHORT_HELP = "Cohort file (default: <extractor>.cohort.h5 beside the checkpoint, if present)."
+DEFAULT_MIN_LOG10_LR = 0.0  # = fpt.calibration.DEFAULT_MIN_LOG10_LR (not imported: keeps CLI start-up light)
 
 
 def load_extractor(path: Optional[Path], device: str):
@@ -30,6 +36,21 @@ def load_extractor(path: Optional[Path], device: str):
     from fpt.extractor.checkpoint import load_extractor as _load
 
     return _load(path, device=device)
+
+
+def _cohort_for(ex, explicit: Optional[Path], lr_from: str):
+    """The extractor's cohort (``--cohort`` or the file beside the checkpoint), or None."""
+    from fpt.attribution import LR_SOURCES
+    from fpt.cohort import find_cohort
+    from fpt.errors import ConfigError
+
+    if lr_from not in LR_SOURCES:
+        raise ConfigError(f"--lr-from must be one of {', '.join(LR_SOURCES)}, not '{lr_from}'")
+    coh = find_cohort(ex.sha256, getattr(ex, "path", None), explicit)
+    if lr_from == "cohort" and (coh is None or coh.calibration is None):
+        raise ConfigError("--lr-from cohort: this extractor has no calibrated cohort",
+                          hint="pass --cohort FILE or build one: fpt cohort build (docs/calibration.md)")
+    return coh
 
 
 def _gallery_path(p: Optional[Path]) -> Path:
@@ -367,7 +388,11 @@ def register(app: typer.Typer) -> None:
         paths: list[Path] = typer.Argument(..., help="Images and/or folders to attribute."),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         top_k: int = typer.Option(3, "--top-k", "-k", help="How many candidate models to list."),
-        threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the calibrated threshold."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Decide on the raw cosine with this "
+                                                  "threshold instead of the likelihood ratio."),
+        min_lr: float = typer.Option(DEFAULT_MIN_LOG10_LR, "--min-lr", help=_MIN_LR_HELP),
+        lr_from: str = typer.Option("gallery", "--lr-from", help=_LR_FROM_HELP),
+        cohort: Optional[Path] = typer.Option(None, "--cohort", help=_COHORT_HELP),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
         windows: Optional[int] = typer.Option(None, "--windows"),
@@ -375,13 +400,18 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="JSON to stdout."),
         csv_out: bool = typer.Option(False, "--csv", help="CSV to stdout."),
     ) -> None:
-        """Which enrolled model made each image, or unknown (exit 10 if any unknown)."""
+        """Which enrolled model made each image, or unknown (exit 10 if any unknown).
+
+        Each image gets its best model's raw cosine, cohort-normalised score (when the extractor
+        has a cohort), calibrated log10 likelihood ratio and the ENFSI verbal scale; it is
+        attributed when the log10 LR reaches --min-lr (docs/calibration.md).
+        """
         import numpy as np
 
         from fpt.attribution import identify_embeddings
         from fpt.gallery import load_gallery
         from fpt.images import find_images
-        from fpt.report import console, print_json, warn
+        from fpt.report import console, format_lr, identification_record, print_json, warn
 
         if json_out and csv_out:
             from fpt.errors import ConfigError
@@ -395,59 +425,71 @@ def register(app: typer.Typer) -> None:
         files = find_images(paths)
         ex = load_extractor(extractor, device)
         g.check_extractor(ex.sha256)
+        coh = _cohort_for(ex, cohort, lr_from)
         quiet = json_out or csv_out
-        if threshold is None and g.calibration is None:
-            warn("gallery is not calibrated (needs 2+ models with 2+ images): no image can come back unknown; "
-                 "pass --threshold or enroll more models")
         ok, failed = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=quiet, description="identifying")
         _report_failures(failed)
         _require_readable(ok, failed)
         results = identify_embeddings(g, np.stack([r.embedding for r in ok]), top_k=top_k, threshold=threshold,
                                       paths=[str(r.path) for r in ok],
-                                      low_confidence=np.array([r.low_confidence for r in ok]))
+                                      low_confidence=np.array([r.low_confidence for r in ok]),
+                                      cohort=coh, min_log10_lr=min_lr, lr_from=lr_from)
         n_unknown = sum(not r.identified for r in results)
-        src = "--threshold" if threshold is not None else ("calibrated" if g.calibration else "none")
-        t_used = threshold if threshold is not None else (g.calibration.threshold if g.calibration else None)
+        by_lr = results[0].min_log10_lr is not None
+        t_used = results[0].threshold
+        if by_lr:
+            src = f"log10 LR >= {min_lr:g} ({lr_from}-calibrated LR)"
+        else:
+            src = "--threshold" if threshold is not None else ("calibrated" if g.calibration else "none")
+            if threshold is None and g.calibration is None:
+                warn("no likelihood-ratio calibration and no gallery threshold (needs 2+ models with 2+ images): "
+                     "no image can come back unknown; pass --threshold or enroll more models")
         if json_out:
-            print_json({"gallery": str(g.path), "threshold": t_used, "threshold_source": src,
-                        "results": [{"path": r.path, "model": r.model, "score": r.score, "best_model": r.best_model,
-                                     "top": [{"model": m, "score": s} for m, s in r.top],
-                                     "low_confidence": r.low_confidence} for r in results],
+            print_json({"gallery": str(g.path), "decision": src, "min_log10_lr": min_lr if by_lr else None,
+                        "lr_from": lr_from, "threshold": t_used,
+                        "threshold_source": src, "cohort": str(coh.path) if coh is not None else None,
+                        "results": [identification_record(r) for r in results],
                         "failed": [{"path": str(f.path), "error": f.reason} for f in failed],
                         "summary": {"images": len(results), "identified": len(results) - n_unknown,
                                     "unknown": n_unknown, "failed": len(failed)}})
         elif csv_out:
             buf = io.StringIO()
             w = csv.writer(buf)
-            w.writerow(["path", "model", "score", "best_model", "low_confidence", "threshold"]
-                       + [f"top{i + 1}_{c}" for i in range(top_k) for c in ("model", "score")])
+            w.writerow(["path", "model", "score", "score_norm", "log10_lr", "verbal", "best_model", "low_confidence",
+                        "threshold"] + [f"top{i + 1}_{c}" for i in range(top_k) for c in ("model", "score")])
+
+            def num(v) -> str:
+                return "" if v is None else f"{v:.6f}"
+
             for r in results:
                 tops = [x for m, s in r.top for x in (m, f"{s:.6f}")]
-                w.writerow([r.path, r.model, f"{r.score:.6f}", r.best_model, int(r.low_confidence),
-                            "" if t_used is None else f"{t_used:.6f}"] + tops)
+                w.writerow([r.path, r.model, f"{r.score:.6f}", num(r.score_norm), num(r.log10_lr), r.verbal or "",
+                            r.best_model, int(r.low_confidence), num(t_used)] + tops)
             for f in failed:
-                w.writerow([str(f.path), "error", "", "", "", ""])
+                w.writerow([str(f.path), "error", "", "", "", "", "", "", ""])
             sys.stdout.write(buf.getvalue())
         else:
-            rows = []
             nd = _digits(t_used, *(r.score for r in results))
-            for r in results:
-                tops = "\n".join(f"{m} {s:.{nd}f}" for m, s in r.top)
-                decided = r.model if r.identified else "[red]unknown[/red]"
-                rows.append([r.path, decided, r.score, tops, "yes" if r.low_confidence else ""])
+            from rich.markup import escape
             from rich.table import Table
 
             table = Table(title=f"identification against {g.path.name} ({len(g.models)} models)",
-                          caption=f"threshold {t_used:.{nd}f} ({src})" if t_used is not None else "no threshold")
+                          caption=(f"decision: {src}" if by_lr else
+                                   (f"threshold {t_used:.{nd}f} ({src})" if t_used is not None else "no threshold")))
             any_low = any(r.low_confidence for r in results)
             table.add_column("image", overflow="fold")
             table.add_column("model", overflow="fold")
-            table.add_column("score", justify="right", no_wrap=True)
+            table.add_column("log10 LR", justify="right", no_wrap=True)
+            table.add_column("verbal scale (ENFSI)", overflow="fold")
+            table.add_column("cosine", justify="right", no_wrap=True)
             table.add_column(f"top-{min(top_k, len(g.models))} (cosine)", no_wrap=True)
             if any_low:
                 table.add_column("low-conf")
-            for row in rows:
-                cells = [str(row[0]), row[1], f"{row[2]:.{nd}f}", row[3]] + ([row[4]] if any_low else [])
+            for r in results:
+                tops = "\n".join(f"{escape(m)} {s:.{nd}f}" for m, s in r.top)
+                decided = escape(r.model) if r.identified else "[red]unknown[/red]"
+                cells = [escape(str(r.path)), decided, format_lr(r.log10_lr), escape(r.verbal or "-"),
+                         f"{r.score:.{nd}f}", tops] + (["yes" if r.low_confidence else ""] if any_low else [])
                 table.add_row(*cells)
             console.print(table)
             if len(results) > 1 or failed:
@@ -455,7 +497,7 @@ def register(app: typer.Typer) -> None:
 
                 cnt = Counter(r.model for r in results)
                 console.print(f"{len(results)} image(s): " + ", ".join(f"{m} {n}" for m, n in cnt.most_common())
-                              + (f"; {len(failed)} unreadable" if failed else ""))
+                              + (f"; {len(failed)} unreadable" if failed else ""), markup=False)
         if n_unknown:
             raise typer.Exit(EXIT_UNKNOWN)
         if failed:
@@ -466,9 +508,13 @@ def register(app: typer.Typer) -> None:
     def verify_cmd(
         a: Path = typer.Argument(..., help="Side A: an image or folder (N_S images are averaged)."),
         b: Path = typer.Argument(..., help="Side B: an image or folder."),
-        threshold: Optional[float] = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated "
-                                                  "on the gallery's images for this N_S)."),
-        far: float = typer.Option(0.05, "--far", help="False-accept rate for the calibrated threshold."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Decide on the raw cosine with this "
+                                                  "threshold instead of the likelihood ratio."),
+        far: float = typer.Option(0.05, "--far", hidden=True, help="Ignored since decisions use the likelihood "
+                                  "ratio (--min-lr); kept so existing scripts still run."),
+        min_lr: float = typer.Option(DEFAULT_MIN_LOG10_LR, "--min-lr", help=_MIN_LR_HELP),
+        lr_from: str = typer.Option("gallery", "--lr-from", help=_LR_FROM_HELP),
+        cohort: Optional[Path] = typer.Option(None, "--cohort", help=_COHORT_HELP),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
@@ -476,39 +522,59 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(64, "--batch-size"),
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Were A and B made by the same model? Exit 0 same, 10 different."""
+        """Were A and B made by the same model? Exit 0 same, 10 different.
+
+        Reports the raw cosine, the cohort-normalised score, the calibrated log10 likelihood ratio
+        and its ENFSI verbal scale; "same model" when the log10 LR reaches --min-lr.
+        """
         import numpy as np
 
-        from fpt.attribution import verify_embeddings, verify_threshold
+        from fpt.attribution import verify_embeddings, verify_lr_calibration
         from fpt.errors import EmptyInputError
         from fpt.gallery import load_gallery
         from fpt.images import find_images
-        from fpt.report import console, print_json
+        from fpt.report import console, format_lr, print_json
 
         fa, fb = find_images(a), find_images(b)
         ex = load_extractor(extractor, device)
+        coh = _cohort_for(ex, cohort, lr_from)
         oka, faila = _embed_paths(ex, fa, windows=windows, batch_size=batch_size, quiet=json_out, description="side A")
         okb, failb = _embed_paths(ex, fb, windows=windows, batch_size=batch_size, quiet=json_out, description="side B")
         _report_failures(faila + failb)
         if not oka or not okb:
             raise EmptyInputError("no readable images on side " + ("A" if not oka else "B"))
         n_s = min(len(oka), len(okb))
-        if threshold is not None:
-            t, src = threshold, "--threshold"
-        else:
-            g = load_gallery(_gallery_path(gallery))
-            g.check_extractor(ex.sha256)
-            vc = verify_threshold(g, n_s, far)
-            t, src = vc.threshold, f"calibrated on {g.path.name} at FAR {far:g}, N_S={vc.n_s}"
+        src, gcal = "--threshold", None
+        if lr_from == "gallery":
+            gp = _gallery_path(gallery)
+            if threshold is None or gp.exists():  # a missing gallery is an error only when it must decide
+                from fpt.errors import InputError
+
+                g = load_gallery(gp)
+                g.check_extractor(ex.sha256)
+                try:
+                    gcal, n_eff = verify_lr_calibration(g, n_s)
+                except InputError:
+                    if threshold is None:
+                        raise
+                else:
+                    if threshold is None:
+                        src = f"log10 LR >= {min_lr:g} (LR calibrated on {g.path.name}, N_S={n_eff})"
+        elif threshold is None:
+            src = f"log10 LR >= {min_lr:g} (LR calibrated on the cohort)"
         low = any(r.low_confidence for r in oka + okb)
-        v = verify_embeddings(np.stack([r.embedding for r in oka]), np.stack([r.embedding for r in okb]), t, src, low)
+        v = verify_embeddings(np.stack([r.embedding for r in oka]), np.stack([r.embedding for r in okb]), threshold, src, low,
+                              cohort=coh, min_log10_lr=min_lr, lr_from=lr_from, gallery_calibration=gcal)
         if json_out:
             print_json(v)
         else:
             verdict = "[green]same model[/green]" if v.same_model else "[red]different models[/red]"
             nd = _digits(v.similarity, v.threshold)
-            console.print(f"similarity {v.similarity:.{nd}f} (A: {v.n_a} image(s), B: {v.n_b} image(s)) -> {verdict}")
-            console.print(f"threshold {v.threshold:.{nd}f} ({v.threshold_source})")
+            console.print(f"log10 LR {format_lr(v.log10_lr)}: {v.verbal or 'no LR calibration'} -> {verdict}")
+            norm = "" if v.score_norm is None else f", normalised {v.score_norm:.3f}"
+            console.print(f"cosine {v.similarity:.{nd}f}{norm} (A: {v.n_a} image(s), B: {v.n_b} image(s))")
+            console.print(f"decision: {v.threshold_source}" + (f" (threshold {v.threshold:.{nd}f})" if v.threshold is not None else ""),
+                          markup=False)
             if low:
                 console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]")
         if not v.same_model:
