@@ -220,3 +220,22 @@ def cohort_summary(c: Any) -> dict[str, Any]:
     return {"path": str(c.path) if c.path else None, "extractor_sha256": c.extractor_sha256, "models": c.size,
             "images": int(c.embeddings.shape[0]), "created": c.created, "source": c.source,
             "calibration": cal.to_dict() if cal else None}
+
+
+def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
+    """(expected-rates line or None, warning lines) for an :class:`fpt.attribution.GalleryCheck`."""
+    rates = None
+    if chk.expected_frr is not None:
+        rule = (f"log10 LR >= {chk.level:g}" if chk.rule == "lr" else f"cosine >= {chk.level:.4f}")
+        far = "n/a (one model)" if chk.expected_far is None else f"{chk.expected_far:.1%}"
+        rates = (f"decision {rule}: expected false-accept rate {far}, false-reject rate {chk.expected_frr:.1%} "
+                 f"(leave-one-out over the gallery's own images)")
+    warns = []
+    for name, (rej, n) in sorted(chk.disagreeing.items()):
+        warns.append(f"'{name}': {rej} of its {n} images are rejected against its own fingerprint "
+                     f"(leave-one-out): the images disagree - the folder may mix sources or post-processing")
+    for c in chk.confusions:
+        warns.append(f"'{c.model}' and '{c.other}' are not separable by this extractor: {c.share:.0%} of "
+                     f"'{c.model}' images score at least as high against '{c.other}' as against their own model "
+                     f"(fingerprint cosine {c.fingerprint_cosine:.3f}; e.g. a shared decoder)")
+    return rates, warns

@@ -149,6 +149,8 @@ def register(app: typer.Typer) -> None:
         from fpt.gallery import add_embeddings, edit_gallery, load_gallery, parse_meta
         from fpt.storage import file_sha256
         from fpt.images import find_images
+        from rich.markup import escape
+
         from fpt.report import console, print_json, warn
 
         gpath = _gallery_path(gallery)
@@ -174,9 +176,10 @@ def register(app: typer.Typer) -> None:
         ok, failed, pending = [], [], []
         res = None
         cal = None
+        final = None
 
         def commit() -> None:
-            nonlocal res, cal
+            nonlocal res, cal, final
             with edit_gallery(gpath, create=True) as g:
                 r = add_embeddings(
                     g, model,
@@ -186,6 +189,7 @@ def register(app: typer.Typer) -> None:
                 if r.total == 0:  # nothing readable for a new model: leave the gallery untouched
                     raise _no_images(model, failed)
             cal = g.calibration  # after the block: edit_gallery recalibrates on the way out
+            final = g
             res = r if res is None else type(r)(model, res.added + r.added, res.duplicates + r.duplicates, r.total)
             pending.clear()
 
@@ -205,12 +209,20 @@ def register(app: typer.Typer) -> None:
             commit()
         low = sum(r.low_confidence for r in ok)
         skipped_dupes = n_input - len(files) + res.duplicates
+        from fpt.attribution import check_gallery
+        from fpt.report import gallery_check_messages
+
+        chk = check_gallery(final)
+        rates, warnings = gallery_check_messages(chk)
         if json_out:
             print_json({"model": model, "gallery": str(gpath), "added": res.added,
                         "already_enrolled": skipped_dupes,
                         "failed": [{"path": str(f.path), "error": f.reason} for f in failed],
                         "images": res.total, "low_confidence": low,
-                        "threshold": cal.threshold if cal else None})
+                        "threshold": cal.threshold if cal else None,
+                        "decision": {"rule": chk.rule, "level": chk.level, "expected_far": chk.expected_far,
+                                     "expected_frr": chk.expected_frr, "loo_accuracy": chk.loo_accuracy},
+                        "warnings": warnings})
             return
         console.print(f"enrolled [bold]{model}[/bold]: {res.added} new image(s), {skipped_dupes} already enrolled, "
                       f"{len(failed)} unreadable; {res.total} image(s) in total -> {gpath}")
@@ -218,9 +230,10 @@ def register(app: typer.Typer) -> None:
             warn(f"{low} image(s) were smaller than the extractor's window and were mirror-padded (low confidence)")
         if res.total < 10:
             warn(f"{model} has {res.total} image(s); 10 or more make a much more reliable fingerprint")
-        if cal:
-            console.print(f"identification threshold recalibrated: {cal.threshold:.{_digits(cal.threshold)}f} at FAR {cal.far:g} "
-                          f"(expected false-reject rate {cal.expected_frr:.1%})")
+        if rates:
+            console.print(rates, markup=False)
+        for w in warnings:
+            warn(escape(w))
 
     def _no_images(model: str, failed):
         from fpt.errors import EmptyInputError
@@ -354,6 +367,8 @@ def register(app: typer.Typer) -> None:
         without it (genuine) and against the best other model (as if its model were unknown:
         impostor). The threshold lets through at most --far of the impostors.
         """
+        from rich.markup import escape
+
         from fpt.attribution import verify_threshold
         from fpt.gallery import calibrate, edit_gallery
         from fpt.report import console, print_json, print_table
@@ -367,10 +382,19 @@ def register(app: typer.Typer) -> None:
                 vrows.append(v)
             except Exception:
                 pass
+        from fpt.attribution import check_gallery
+        from fpt.report import gallery_check_messages, warn
+
+        chk = check_gallery(g)
+        rates, warnings = gallery_check_messages(chk)
         if json_out:
-            print_json({"identification": cal, "verification": vrows})
+            print_json({"identification": cal, "verification": vrows, "decision": chk, "warnings": warnings})
             return
-        print_table("identification threshold (stored in the gallery)",
+        if rates:
+            console.print("identify / verify decide on the likelihood ratio; " + rates, markup=False)
+        for w in warnings:
+            warn(escape(w))
+        print_table("raw-cosine identification threshold (stored in the gallery; used with no LR calibration)",
                     ["FAR asked", "threshold", "expected FAR", "expected FRR", "LOO top-1 acc", "genuine", "impostor"],
                     [[cal.far, f"{cal.threshold:.{_digits(cal.threshold)}f}", cal.expected_far, cal.expected_frr, cal.loo_accuracy,
                       cal.n_genuine, cal.n_impostor]])
