@@ -654,14 +654,28 @@ def register(app: typer.Typer) -> None:
                                                 "(fpt manifold build)."),
         real: Optional[Path] = typer.Option(None, "--real", help="Real images for an ad-hoc manifold (artifact-* methods)."),
         figures: bool = typer.Option(True, "--figures/--no-figures", help="Write ROC and histogram PNGs."),
+        group: Optional[list[str]] = typer.Option(None, "--group", help="Extra group NAME=model,model,... evaluated "
+                                                  "on its own too (e.g. a text-to-image subset); repeatable."),
+        cohort: Optional[Path] = typer.Option(None, "--cohort", help=_COHORT_HELP),
+        min_lr: float = typer.Option(DEFAULT_MIN_LOG10_LR, "--min-lr", help=_MIN_LR_HELP),
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Verification, identification, open-set and clustering metrics for several methods, same splits."""
+        """Verification, identification, open-set, calibration (Cllr) and clustering metrics for several
+        methods, same splits; plus the open-set sweep over gallery size x shots."""
         from fpt.evaluation import evaluate, per_model_rows, plot_group, summary_table, to_json
         from fpt.report import console, dumps_json, print_json, print_table, progress, warn
         from fpt.storage import atomic_path
 
         mlist = [m.strip() for m in methods.split(",") if m.strip()]
+        extra: dict[str, list[str]] = {}
+        for spec in group or []:
+            name, sep, members = spec.partition("=")
+            models_ = [m.strip() for m in members.split(",") if m.strip()]
+            if not sep or not name.strip() or len(models_) < 2:
+                from fpt.errors import ConfigError
+
+                raise ConfigError(f"--group '{spec}' is not NAME=model,model,... with 2+ models")
+            extra[name.strip()] = models_
         with progress(transient=True, disable=json_out) as prog:
             def make(desc: str, total: int):
                 task = prog.add_task(desc, total=total)
@@ -672,7 +686,7 @@ def register(app: typer.Typer) -> None:
                            representation_kwargs={"extractor": extractor, "device": device, "windows": windows,
                                                   **({"manifold": manifold} if manifold else {}),
                                                   **({"real_images": real} if real else {})},
-                           progress=make)
+                           progress=make, extra_groups=extra, cohort=cohort, min_log10_lr=min_lr)
         out.mkdir(parents=True, exist_ok=True)
         pngs = []
         for g in res.groups:
@@ -698,6 +712,23 @@ def register(app: typer.Typer) -> None:
                                 "oracle = best threshold on the test pairs (papers' number)")
             cols, rows = per_model_rows(g)
             print_table(f"{g.group}: {res.settings['k_shot']}-shot identification accuracy per model", cols, rows)
+            from fpt.eval_decisions import cllr_rows, decision_rows
+
+            for m, r in g.methods.items():
+                if r.decisions is None:
+                    continue
+                cols, rows = cllr_rows(r.decisions)
+                if rows:
+                    print_table(f"{g.group}: {m} verification calibration (test pairs)", cols, rows,
+                                caption="gallery = logistic on raw cosine fitted on the calibration split; "
+                                        "cohort = adaptive S-norm + the cohort's calibration")
+                cols, rows = decision_rows(r.decisions)
+                if rows:
+                    print_table(f"{g.group}: {m} open-set sweep ({res.settings['repeats']} draws each)", cols, rows,
+                                caption=f"FRR = known probes not accepted with the right model; LR level "
+                                        f"log10 LR >= {res.settings['min_log10_lr']:g}")
+                for n in r.decisions.notes:
+                    console.print(f"  note ({m}): {n}", markup=False)
             for n in g.notes:
                 console.print(f"  note: {n}")
         console.print(f"figures and eval.json in {out}/")
