@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from fpt.cli.attribution import _DEVICE_HELP, _EXTRACTOR_HELP, load_extractor
+from fpt.cli import attribution as _attr
+from fpt.cli.attribution import _DEVICE_HELP, _EXTRACTOR_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -54,7 +55,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"--method must be logistic or pav, not '{method}'")
         if per_model < 2 or top_n < 2:
             raise ConfigError("--per-model and --top-n must be at least 2")
-        ex = load_extractor(extractor, device)
+        ex = _attr.load_extractor(extractor, device)  # through the module: tests substitute it there
         with progress(transient=True, disable=json_out) as prog:
             task = prog.add_task("embedding cohort", total=None)
 
@@ -70,7 +71,7 @@ def register(app: typer.Typer) -> None:
                 names, emb, labels = folder_cohort_embeddings(ex, images, per_model=per_model, seed=seed,
                                                               progress=step, on_skip=lambda m: warn(f"skipped {m}"))
                 source = {"kind": "folders", "images": str(images), "per_model": per_model, "seed": seed}
-        source["extractor"] = str(ex.path) if ex.path else None
+        source["extractor"] = str(ex.path) if getattr(ex, "path", None) else None
         c = make_cohort(names, emb, labels, ex.sha256, source, top_n=top_n, method=method, seed=seed)
         save_cohort(c, out)
         if json_out:
