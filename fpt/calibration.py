@@ -122,14 +122,21 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 @dataclass
 class LogisticCalibration:
-    """``log10 LR = (a * score + b) / ln 10``; ``a > 0`` keeps it increasing in the score."""
+    """``log10 LR = (a * score + b) / ln 10``; ``a > 0`` keeps it increasing in the score.
+
+    ``max_abs`` bounds ``|log10 LR|``: a calibration fitted on n trials of each kind cannot
+    support an LR beyond about n (a simplified form of the empirical lower / upper bounds of
+    Vergeer et al. 2016), so a straight line is not extrapolated into "extremely strong support".
+    """
 
     a: float
     b: float
     method: str = "logistic"
+    max_abs: float | None = None
 
     def log10_lr(self, scores: np.ndarray) -> np.ndarray:
-        return (self.a * np.asarray(scores, np.float64) + self.b) / LN10
+        v = (self.a * np.asarray(scores, np.float64) + self.b) / LN10
+        return v if self.max_abs is None else np.clip(v, -self.max_abs, self.max_abs)
 
 
 @dataclass
@@ -184,7 +191,7 @@ def fit_logistic(tar: np.ndarray, non: np.ndarray, prior: float = 0.5) -> Logist
     a, b = float(res.x[0]) / scale, float(res.x[1])
     if a <= 0:  # scores carry no (or inverted) information: the honest answer is LR = 1
         a, b = 1e-9, 0.0
-    return LogisticCalibration(a, b)
+    return LogisticCalibration(a, b, max_abs=float(math.log10(max(2, min(tar.size, non.size)))))
 
 
 def pav(y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
@@ -286,11 +293,11 @@ def verbal_scale(log10_lr: float, hp: str = "the same model", hd: str = "a diffe
 
 
 def verbal_level(log10_lr: float) -> str:
-    """Just the strength words (``moderate support``), signed by direction: ``against: weak support``."""
+    """Just the strength words (``moderate support``); LR < 1 reads ``weak support against``."""
     v = float(log10_lr) if math.isfinite(float(log10_lr)) else math.copysign(99.0, float(log10_lr))
     for lo, words in _ENFSI:
         if abs(v) >= lo:
-            return words if v > 0 else f"against: {words}"
+            return words if v > 0 else f"{words} against"
     return "neutral"
 
 

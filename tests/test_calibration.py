@@ -54,13 +54,18 @@ def test_normalised_scores_monotone_for_fixed_model_and_lr_monotone(rng):
     raws = np.linspace(-0.5, 1.0, 16)[:, None]
     n = np.array([C.snorm(r[None, :], probe_st, model_st)[0, 0] for r in raws])
     l = cal.for_sizes(1, 10).log10_lr(n)
-    assert np.all(np.diff(n) > 0) and np.all(np.diff(l) > 0)
+    assert np.all(np.diff(n) > 0) and np.all(np.diff(l) >= 0) and l[-1] > l[0]
+    inside = np.abs(l) < cal.for_sizes(1, 10).max_abs  # strictly increasing until the LR bound
+    assert np.all(np.diff(l[inside]) > 0)
 
 
 def test_logistic_calibration_separated_and_random(rng):
     tar, non = rng.normal(3, 1, 2000), rng.normal(-3, 1, 2000)
     cal = C.fit_logistic(tar, non)
     assert cal.a > 0
+    # LRs are bounded by what 2000 trials of each kind can support
+    assert cal.max_abs == pytest.approx(math.log10(2000))
+    assert cal.log10_lr(np.array([100.0, -100.0])).tolist() == pytest.approx([math.log10(2000), -math.log10(2000)])
     c = C.cllr(cal.log10_lr(tar), cal.log10_lr(non))
     assert c < 0.15
     # Known answer: equal-variance Gaussians N(+-1, 1) have the exact llr = 2 s (natural log)
@@ -124,4 +129,77 @@ def test_verbal_scale():
     assert C.verbal_scale(7).startswith("extremely strong support")
     assert C.verbal_scale(-1.5) == "moderate support for a different model rather than the same model"
     assert C.verbal_scale(float("inf")).startswith("extremely strong")
-    assert C.verbal_level(-0.5) == "against: weak support" and C.verbal_level(0.1) == "neutral"
+    assert C.verbal_level(-0.5) == "weak support against" and C.verbal_level(0.1) == "neutral"
+
+
+# ---------------------------------------------------------------- gallery checks and the eval sweep
+
+
+def _gallery(models: dict[str, np.ndarray]):
+    from pathlib import Path
+
+    from fpt.gallery import Gallery, ModelEntry
+
+    g = Gallery(path=Path("<test>"))
+    for n, e in models.items():
+        g.models[n] = ModelEntry(n, (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32))
+    return g
+
+
+def test_check_gallery_flags_mixed_and_inseparable_models(rng):
+    from fpt.attribution import check_gallery
+    from fpt.report import gallery_check_messages
+
+    c = rng.normal(size=(4, 16))
+    a = c[0] + 0.2 * rng.normal(size=(10, 16))
+    b = c[1] + 0.2 * rng.normal(size=(10, 16))
+    twin = c[1] + 0.2 * rng.normal(size=(10, 16))  # same source as b: not separable
+    mixed = np.r_[c[2] + 0.2 * rng.normal(size=(5, 16)), c[3] + 0.2 * rng.normal(size=(5, 16))]
+    chk = check_gallery(_gallery({"a": a, "b": b, "twin": twin, "mixed": mixed}))
+    assert chk.rule == "lr" and chk.level == 0.0
+    assert 0 <= chk.expected_far <= 1 and 0 <= chk.expected_frr <= 1
+    pairs = {(x.model, x.other) for x in chk.confusions}
+    assert ("b", "twin") in pairs and ("twin", "b") in pairs
+    assert not any("a" in p for p in pairs)
+    assert "mixed" in chk.disagreeing and "a" not in chk.disagreeing
+    rates, warns = gallery_check_messages(chk)
+    assert "expected false-accept rate" in rates
+    assert any("'b' and 'twin' are not separable" in w for w in warns)
+    assert any(w.startswith("'mixed':") and "mix sources" in w for w in warns)
+    # well-separated, consistent models: no warnings, everything right
+    clean = check_gallery(_gallery({"a": a, "b": b}))
+    assert not clean.confusions and not clean.disagreeing and clean.loo_accuracy == 1.0
+
+
+def test_run_decisions_sweep_and_cllr(rng):
+    from fpt.eval_decisions import cllr_rows, decision_rows, run_decisions
+    from fpt.evaluation import make_splits
+
+    emb, lab = _clusters(rng, 8, 40, spread=0.25)  # N_S=10 pairs need 2 x 10 images in each half
+    labels = np.array([f"m{i}" for i in lab], dtype=object)
+    cohort_emb, cohort_lab = _clusters(np.random.default_rng(5), 10, 24, spread=0.25)
+
+    class Co:  # the two things run_decisions needs of a cohort
+        calibration = C.fit_cohort_calibration(cohort_emb, cohort_lab, top_n=5, per_model=8)
+
+        @staticmethod
+        def fingerprints():
+            return np.stack([cohort_emb[cohort_lab == i].mean(0) for i in range(10)])
+
+    sp = make_splits(labels.astype(str), seed=0, n_pairs=400, k_shot=10, repeats=2, unknown_fraction=0.3)
+    d = run_decisions(emb, labels, sp.pairs, Co(), seed=0, repeats=2, unknown_fraction=0.3, far=0.05,
+                      base_draws=(10, sp.open_splits))
+    assert set(d.cllr) == {"gallery", "cohort"} and set(d.cllr["gallery"]) == {1, 10}
+    for per in d.cllr.values():
+        for v in per.values():
+            assert 0 <= v["cllr_min"] <= v["cllr"] + 1e-9
+    assert d.cllr["gallery"][10]["cllr"] < 0.4  # well-separated clusters calibrate well
+    assert [(c.gallery_size, c.shots) for c in d.open_set] == [
+        ("3", 5), ("5", 5), ("all (6)", 5), ("3", 10), ("5", 10), ("all (6)", 10)]
+    assert sum(c.main_protocol for c in d.open_set) == 1 and d.open_set[-1].main_protocol
+    for c in d.open_set:
+        for v in list(c.accuracy.values()) + [x for f in c.frr_at_far.values() for x in f.values()]:
+            assert v is None or 0 <= v <= 1
+    assert len(decision_rows(d)[1]) == 6 and len(cllr_rows(d)[1]) == 4
+    none = run_decisions(emb, labels, sp.pairs, None, seed=0, repeats=1, unknown_fraction=0.3, far=0.05)
+    assert "cohort" not in none.cllr and none.open_set[0].accuracy["LR cohort"] is None and none.notes

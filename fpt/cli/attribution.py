@@ -497,6 +497,8 @@ def register(app: typer.Typer) -> None:
             from rich.markup import escape
             from rich.table import Table
 
+            from fpt.calibration import verbal_level
+
             table = Table(title=f"identification against {g.path.name} ({len(g.models)} models)",
                           caption=(f"decision: {src}" if by_lr else
                                    (f"threshold {t_used:.{nd}f} ({src})" if t_used is not None else "no threshold")))
@@ -504,7 +506,7 @@ def register(app: typer.Typer) -> None:
             table.add_column("image", overflow="fold")
             table.add_column("model", overflow="fold")
             table.add_column("log10 LR", justify="right", no_wrap=True)
-            table.add_column("verbal scale (ENFSI)", overflow="fold")
+            table.add_column("support (ENFSI)", overflow="fold")
             table.add_column("cosine", justify="right", no_wrap=True)
             table.add_column(f"top-{min(top_k, len(g.models))} (cosine)", no_wrap=True)
             if any_low:
@@ -512,7 +514,8 @@ def register(app: typer.Typer) -> None:
             for r in results:
                 tops = "\n".join(f"{escape(m)} {s:.{nd}f}" for m, s in r.top)
                 decided = escape(r.model) if r.identified else "[red]unknown[/red]"
-                cells = [escape(str(r.path)), decided, format_lr(r.log10_lr), escape(r.verbal or "-"),
+                cells = [escape(str(r.path)), decided, format_lr(r.log10_lr),
+                         "-" if r.log10_lr is None else verbal_level(r.log10_lr),
                          f"{r.score:.{nd}f}", tops] + (["yes" if r.low_confidence else ""] if any_low else [])
                 table.add_row(*cells)
             console.print(table)
@@ -522,6 +525,10 @@ def register(app: typer.Typer) -> None:
                 cnt = Counter(r.model for r in results)
                 console.print(f"{len(results)} image(s): " + ", ".join(f"{m} {n}" for m, n in cnt.most_common())
                               + (f"; {len(failed)} unreadable" if failed else ""), markup=False)
+            if by_lr:
+                console.print("LR = how many times more probable the image's fingerprint is if the named model made "
+                              "it than if another model did; support words from the ENFSI verbal scale "
+                              "(docs/calibration.md)", markup=False)
         if n_unknown:
             raise typer.Exit(EXIT_UNKNOWN)
         if failed:
