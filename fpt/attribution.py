@@ -380,20 +380,34 @@ class Lineage:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(self.names) + 1)))
         dendrogram(self.linkage, labels=self.names, orientation="right", ax=ax, color_threshold=None)
-        ax.set_xlabel("cosine distance between fingerprints (1 - cosine similarity)")
+        ax.set_xlabel("cosine distance between fingerprints (1 - cosine similarity)" if "cosine" in title
+                      else "cohort-normalised distance (0 = the most similar pair)")
         ax.set_title(title)
         return save_figure(fig, out)
 
 
-def lineage(names: list[str], fingerprints: np.ndarray) -> Lineage:
-    """Average-linkage hierarchical clustering of fingerprints under cosine distance (paper 001 §IV-D)."""
+def lineage(names: list[str], fingerprints: np.ndarray, cohort_fps: np.ndarray | None = None,
+            top_n: int | None = None) -> Lineage:
+    """Average-linkage hierarchical clustering of fingerprints under cosine distance (paper 001 §IV-D).
+
+    With ``cohort_fps`` the similarity is the symmetric adaptive S-norm of fingerprint pairs
+    against the cohort, rescaled to a [0, 1] distance (0 = the most similar pair).
+    """
     from scipy.cluster.hierarchy import linkage as _linkage
-    from scipy.spatial.distance import pdist
+    from scipy.spatial.distance import pdist, squareform
 
     if len(names) < 2:
         raise InputError("lineage needs at least two models", hint="enroll more models")
     fp = l2_normalise(np.asarray(fingerprints, np.float64))
-    d = np.clip(pdist(fp, metric="cosine"), 0.0, 2.0)
+    if cohort_fps is None:
+        d = np.clip(pdist(fp, metric="cosine"), 0.0, 2.0)
+    else:
+        from fpt.calibration import DEFAULT_TOP_N, normalised_scores
+
+        _, norm = normalised_scores(fp, fp, cohort_fps, top_n or DEFAULT_TOP_N, include_models=False)
+        sim = squareform(0.5 * (norm + norm.T), checks=False)
+        span = max(float(sim.max() - sim.min()), 1e-12)
+        d = (sim.max() - sim) / span
     return Lineage(list(names), _linkage(d, method="average"), d)
 
 

@@ -89,6 +89,11 @@ def test_cohort_build_from_folders_and_identify_verify_with_it(toy, capsys):
             assert isinstance(r["score"], float) and isinstance(r["score_norm"], float)
             assert isinstance(r["log10_lr"], float) and r["verbal"]
             assert (r["model"] == "model1") == (r["log10_lr"] >= 0)
+    code = main(["lineage", "--gallery", str(g), "--scores", "snorm", "--cohort", str(out), "--json",
+                 "--out", str(tmp_path / "lin.png")])
+    lin = json.loads(capsys.readouterr().out)
+    d = np.array(lin["cosine_distance"])
+    assert code == 0 and lin["models"] == ["model0", "model1", "model2"] and d.min() >= 0 and d.max() == 1.0
     code = main(["verify", str(probes[2]), str(probes[2]), "--gallery", str(g), "--cohort", str(out),
                  "--lr-from", "cohort", "--json"])
     v = json.loads(capsys.readouterr().out)

@@ -53,6 +53,23 @@ def _cohort_for(ex, explicit: Optional[Path], lr_from: str):
     return coh
 
 
+def _gallery_cohort(g, explicit: Optional[Path]):
+    """The cohort for a gallery's extractor: ``--cohort`` or the default extractor's, if it matches."""
+    from fpt.cohort import cohort_path_for, load_cohort
+    from fpt.errors import ConfigError
+    from fpt.extractor.checkpoint import default_extractor_path
+
+    p = explicit if explicit is not None else cohort_path_for(default_extractor_path())
+    if explicit is None and not p.exists():
+        raise ConfigError("no cohort for this gallery's extractor", hint="pass --cohort FILE (fpt cohort build)")
+    c = load_cohort(p)
+    if g.extractor_sha256:
+        c.check_extractor(g.extractor_sha256)
+    if c.calibration is None:
+        raise ConfigError("the cohort has no calibration", path=p, hint="rebuild it with fpt cohort build")
+    return c
+
+
 def _gallery_path(p: Optional[Path]) -> Path:
     from fpt.gallery import default_gallery_path
 
@@ -617,6 +634,9 @@ def register(app: typer.Typer) -> None:
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dendrogram PNG (default: lineage.png)."),
         models: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Only these models (repeatable)."),
+        scores: str = typer.Option("raw", "--scores", help="raw (cosine distance) or snorm (cohort-normalised "
+                                   "similarity, needs the extractor's cohort or --cohort)."),
+        cohort: Optional[Path] = typer.Option(None, "--cohort", help=_COHORT_HELP),
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
         """Cluster the gallery's fingerprints (cosine, average linkage): dendrogram PNG + text tree."""
@@ -629,8 +649,17 @@ def register(app: typer.Typer) -> None:
         g = load_gallery(_gallery_path(gallery))
         names = list(models) if models else g.names()
         fps = np.stack([g.get(n).fingerprint for n in names]) if names else np.zeros((0, 1))
-        lin = lineage(names, fps)
-        png = lin.plot(out or Path("lineage.png"))
+        if scores not in ("raw", "snorm"):
+            from fpt.errors import ConfigError
+
+            raise ConfigError(f"--scores must be raw or snorm, not '{scores}'")
+        coh = None
+        if scores == "snorm":
+            coh = _gallery_cohort(g, cohort)
+        lin = lineage(names, fps, coh.fingerprints() if coh else None, coh.calibration.top_n if coh else None)
+        title = ("fpt lineage (cohort-normalised distance, average linkage)" if coh else
+                 "fpt lineage (cosine distance, average linkage)")
+        png = lin.plot(out or Path("lineage.png"), title=title)
         if json_out:
             from scipy.spatial.distance import squareform
 
