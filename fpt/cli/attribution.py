@@ -41,12 +41,24 @@ def load_extractor(path: Optional[Path], device: str):
 def _cohort_for(ex, explicit: Optional[Path], lr_from: str):
     """The extractor's cohort (``--cohort`` or the file beside the checkpoint), or None."""
     from fpt.attribution import LR_SOURCES
+    from rich.markup import escape
+
     from fpt.cohort import find_cohort
-    from fpt.errors import ConfigError
+    from fpt.errors import ConfigError, ExtractorMismatchError
 
     if lr_from not in LR_SOURCES:
         raise ConfigError(f"--lr-from must be one of {', '.join(LR_SOURCES)}, not '{lr_from}'")
-    coh = find_cohort(ex.sha256, getattr(ex, "path", None), explicit)
+    try:
+        coh = find_cohort(ex.sha256, getattr(ex, "path", None), explicit)
+    except ExtractorMismatchError as exc:
+        if explicit is not None or lr_from == "cohort":
+            raise
+        # the cohort beside the checkpoint is stale (new weights, cohort not rebuilt): the default
+        # gallery-calibrated LR does not need it, so say so and carry on without normalised scores
+        from fpt.report import warn
+
+        warn(escape(exc.one_line()))
+        coh = None
     if lr_from == "cohort" and (coh is None or coh.calibration is None):
         raise ConfigError("--lr-from cohort: this extractor has no calibrated cohort",
                           hint="pass --cohort FILE or build one: fpt cohort build (docs/calibration.md)")
