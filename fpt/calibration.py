@@ -170,6 +170,7 @@ def fit_logistic(tar: np.ndarray, non: np.ndarray, prior: float = 0.5) -> Logist
     ``logit(prior)`` is the natural-log LR. Minimises the (convex) weighted cross-entropy.
     """
     from scipy.optimize import minimize
+    from scipy.special import expit
 
     tar, non = _check_trials(tar, non)
     lp = math.log(prior / (1 - prior))
@@ -181,7 +182,7 @@ def fit_logistic(tar: np.ndarray, non: np.ndarray, prior: float = 0.5) -> Logist
         zn = a * non / scale + b + lp
         # softplus(-zt) for targets, softplus(zn) for non-targets; gradients by hand
         lt, ln = np.logaddexp(0, -zt), np.logaddexp(0, zn)
-        st, sn = -1.0 / (1.0 + np.exp(zt)), 1.0 / (1.0 + np.exp(-zn))
+        st, sn = -expit(-zt), expit(zn)  # d softplus(-z) / dz and d softplus(z) / dz, overflow-free
         f = prior * lt.mean() + (1 - prior) * ln.mean()
         g = np.array([prior * np.mean(st * tar / scale) + (1 - prior) * np.mean(sn * non / scale),
                       prior * np.mean(st) + (1 - prior) * np.mean(sn)])

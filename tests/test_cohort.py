@@ -101,7 +101,7 @@ def test_cohort_build_from_folders_and_identify_verify_with_it(toy, capsys):
     assert code == (0 if v["same_model"] else 10) and v["same_model"] == (v["log10_lr"] >= 0)
 
 
-def test_identify_refuses_another_extractors_cohort(toy, capsys):
+def test_identify_refuses_another_extractors_cohort(toy, capsys, monkeypatch):
     tmp_path, g, probes, _ = toy
     other = save_cohort(_toy_cohort(sha="b" * 64), tmp_path / "other.cohort.h5")
     capsys.readouterr()
@@ -112,6 +112,17 @@ def test_identify_refuses_another_extractors_cohort(toy, capsys):
     assert code == 2 and "no calibrated cohort" in capsys.readouterr().err
     code = main(["identify", str(probes[0]), "--gallery", str(g), "--lr-from", "magic"])
     assert code == 2
+    # a stale cohort beside the checkpoint (weights replaced, cohort not rebuilt): refused for
+    # --lr-from cohort; the default gallery-calibrated LR warns and carries on without it
+    ex = FakeExtractor()
+    ex.path = tmp_path / "x.pt"
+    monkeypatch.setattr(cli_attr, "load_extractor", lambda path, device: ex)
+    save_cohort(_toy_cohort(sha="b" * 64), tmp_path / "x.cohort.h5")
+    code = main(["identify", str(probes[0]), "--gallery", str(g), "--json"])
+    cap = capsys.readouterr()
+    assert code == 0 and "cohort was built with extractor bbbbbbbbbbbb" in cap.err
+    assert json.loads(cap.out)["results"][0]["score_norm"] is None
+    assert main(["identify", str(probes[0]), "--gallery", str(g), "--lr-from", "cohort"]) == 4
 
 
 def _fpt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
