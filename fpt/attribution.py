@@ -241,8 +241,9 @@ def verify_lr_calibration(g: Gallery, n_s: int, n_pairs: int = 2000, seed: int =
 class ModelConfusion:
     model: str
     other: str
-    share: float  # of ``model``'s images that score higher against ``other`` than against their own model
+    share: float  # of ``model``'s images that score at least as high against ``other`` as against their own model
     fingerprint_cosine: float
+    accepted_share: float | None = None  # of ``model``'s images ``other`` would take if ``model`` were not enrolled
 
 
 @dataclass
@@ -319,8 +320,10 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
                 out.disagreeing[name] = (rejected, m.count)
         for j, other in enumerate(other_names):
             share = float(np.mean(other_scores[:, j] >= gen))
-            if share >= CONFUSED_SHARE:
-                out.confusions.append(ModelConfusion(name, other, share, float(np.dot(fps[mi], fps[names.index(other)]))))
+            taken = None if level is None else float(np.mean(other_scores[:, j] >= level))
+            if share >= CONFUSED_SHARE or (taken is not None and taken >= CONFUSED_SHARE):
+                out.confusions.append(ModelConfusion(name, other, share, float(np.dot(fps[mi], fps[names.index(other)])),
+                                                     taken))
     if gen_all:
         gen, imp, ok = np.concatenate(gen_all), np.concatenate(imp_all), np.concatenate(ok_all)
         out.loo_accuracy = float(np.mean(ok))

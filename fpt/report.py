@@ -235,7 +235,9 @@ def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
         warns.append(f"'{name}': {rej} of its {n} images are rejected against its own fingerprint "
                      f"(leave-one-out): the images disagree - the folder may mix sources or post-processing")
     for c in chk.confusions:
+        taken = ("" if c.accepted_share is None else
+                 f", and {c.accepted_share:.0%} would be attributed to '{c.other}' if '{c.model}' were not enrolled")
         warns.append(f"'{c.model}' and '{c.other}' are not separable by this extractor: {c.share:.0%} of "
-                     f"'{c.model}' images score at least as high against '{c.other}' as against their own model "
-                     f"(fingerprint cosine {c.fingerprint_cosine:.3f}; e.g. a shared decoder)")
+                     f"'{c.model}' images score at least as high against '{c.other}' as against their own model"
+                     f"{taken} (fingerprint cosine {c.fingerprint_cosine:.3f}; e.g. a shared decoder)")
     return rates, warns

@@ -164,7 +164,9 @@ def test_check_gallery_flags_mixed_and_inseparable_models(rng):
     assert "mixed" in chk.disagreeing and "a" not in chk.disagreeing
     rates, warns = gallery_check_messages(chk)
     assert "expected false-accept rate" in rates
-    assert any("'b' and 'twin' are not separable" in w for w in warns)
+    assert any("'b' and 'twin' are not separable" in w and "would be attributed to 'twin'" in w for w in warns)
+    bt = next(x for x in chk.confusions if (x.model, x.other) == ("b", "twin"))
+    assert bt.accepted_share > 0.5 and bt.fingerprint_cosine > 0.9
     assert any(w.startswith("'mixed':") and "mix sources" in w for w in warns)
     # well-separated, consistent models: no warnings, everything right
     clean = check_gallery(_gallery({"a": a, "b": b}))
