@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fpt.calibration import DEFAULT_MIN_LOG10_LR, LogisticCalibration
+from fpt.cohort import Cohort
 from fpt.errors import InputError
 from fpt.gallery import DEFAULT_FAR, Gallery
 from fpt.metrics.verification import best_accuracy, cosine_matrix, l2_normalise, set_pairs, threshold_at_far
@@ -23,11 +25,17 @@ UNKNOWN = "unknown"
 class Identification:
     path: str | None
     model: str  # best model, or "unknown"
-    score: float  # best cosine similarity
-    best_model: str  # best model even when below threshold
-    top: list[tuple[str, float]]  # top-k (model, score), best first
-    threshold: float | None
+    score: float  # best model's raw cosine similarity
+    best_model: str  # best model even when rejected
+    top: list[tuple[str, float]]  # top-k (model, raw cosine), best first
+    threshold: float | None  # raw-cosine threshold when the decision used one
     low_confidence: bool = False
+    score_norm: float | None = None  # best model's cohort-normalised score (None without a cohort)
+    log10_lr: float | None = None  # best model's calibrated log10 likelihood ratio
+    verbal: str | None = None  # ENFSI verbal scale of log10_lr
+    min_log10_lr: float | None = None  # the LR level the decision used (None: a raw threshold did)
+    top_norm: list[float] = field(default_factory=list)  # aligned with ``top``
+    top_log10_lr: list[float] = field(default_factory=list)
 
     @property
     def identified(self) -> bool:
@@ -39,8 +47,14 @@ def identification_record(r: Identification) -> dict:
 
     The one place that decides a result's fields, so the two outputs cannot drift apart.
     """
-    return {"path": r.path, "model": r.model, "score": r.score, "best_model": r.best_model,
-            "top": [{"model": m, "score": s} for m, s in r.top], "low_confidence": r.low_confidence}
+    rec: dict = {"path": r.path, "model": r.model, "best_model": r.best_model, "score": r.score,
+                 "score_norm": r.score_norm, "log10_lr": r.log10_lr, "verbal": r.verbal,
+                 "low_confidence": r.low_confidence}
+    rec["top"] = [{"model": m, "score": s,
+                   "score_norm": r.top_norm[i] if i < len(r.top_norm) else None,
+                   "log10_lr": r.top_log10_lr[i] if i < len(r.top_log10_lr) else None}
+                  for i, (m, s) in enumerate(r.top)]
+    return rec
 
 
 def failure_record(path: str | Path, reason: str) -> dict:
@@ -62,49 +76,114 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, np.lexsort((part, -vals), axis=-1), axis=1)
 
 
+def _model_images(g: Gallery) -> int:
+    """Typical enrolled images per model: picks the LR calibration fitted for that fingerprint size."""
+    return int(np.median([m.count for m in g.models.values()])) if g.models else 1
+
+
+LR_SOURCES = ("gallery", "cohort")
+
+
+def gallery_lr_calibration(g: Gallery) -> LogisticCalibration | None:
+    """Logistic raw-cosine -> log10 LR map fitted on the gallery's own leave-one-out trials.
+
+    Targets: each enrolled image against its model's fingerprint rebuilt without it; non-targets:
+    its best score against the other models (the "not enrolled" case). In-domain for the
+    gallery's generators, and never fitted on the probes being judged. None when the gallery
+    cannot supply both kinds of trial (fewer than two models, or no model with 2+ images).
+    """
+    from fpt.calibration import fit_logistic
+    from fpt.gallery import calibration_scores
+
+    if len(g.models) < 2:
+        return None
+    gen, imp, _ = calibration_scores(g)
+    if gen.size < 2 or imp.size < 2:
+        return None
+    return fit_logistic(gen, imp)
+
+
 def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshold: float | None = None,
                         paths: list[str | None] | None = None, low_confidence: np.ndarray | None = None,
+                        cohort: Cohort | None = None, min_log10_lr: float = DEFAULT_MIN_LOG10_LR,
+                        lr_from: str = "gallery",
                         fingerprints: tuple[list[str], np.ndarray] | None = None) -> list[Identification]:
-    """Rank the gallery's models for each row of ``emb``; below ``threshold`` -> unknown.
+    """Rank the gallery's models for each row of ``emb`` and decide model or unknown.
 
-    ``threshold=None`` uses the gallery's calibrated threshold (if it has none, every probe is
-    attributed to its best model and the caller should warn). ``fingerprints`` is
-    ``g.fingerprint_matrix()`` computed once by callers that identify chunk after chunk.
+    ``lr_from="gallery"``: models are ranked by raw cosine and the LR comes from
+    :func:`gallery_lr_calibration`. ``lr_from="cohort"``: ranked by the adaptive-S-normalised
+    score against ``cohort`` (plus the gallery's other models), LR from the cohort's calibration.
+    A probe is attributed when its best model's log10 LR reaches ``min_log10_lr``. An explicit
+    raw-cosine ``threshold`` overrides the LR decision (LRs are still reported); with no LR
+    available the gallery's calibrated raw threshold decides (if it has none, every probe is
+    attributed to its best model and the caller should warn). The normalised score is reported
+    whenever a calibrated cohort is given. ``fingerprints`` is ``g.fingerprint_matrix()`` computed
+    once by callers that identify chunk after chunk.
     """
+    from fpt.calibration import normalised_scores, verbal_scale
+
+    if lr_from not in LR_SOURCES:
+        raise InputError(f"LR source must be one of {', '.join(LR_SOURCES)}, not '{lr_from}'")
     names, fps = fingerprints if fingerprints is not None else g.fingerprint_matrix()
     if not names:
         raise InputError("the gallery has no models", path=g.path, hint="enroll some: fpt enroll MODEL IMAGES...")
     emb = np.atleast_2d(np.asarray(emb, np.float32))
     if emb.shape[1] != fps.shape[1]:
         raise InputError(f"embeddings have {emb.shape[1]} dims, gallery fingerprints {fps.shape[1]}", path=g.path)
-    t = threshold if threshold is not None else (g.calibration.threshold if g.calibration else None)
+    has_cohort = cohort is not None and cohort.calibration is not None
     # float64 then rounded to float32: a float32 matrix product rounds differently with the number
     # of probes (BLAS picks other kernels), and a probe's score must not depend on which probes it
     # was scored with (chunked --jsonl scans, torchrun ranks and --json must agree to the bit)
     sims = cosine_matrix(emb.astype(np.float64), fps.astype(np.float64)).astype(np.float32)
+    norm = normalised_scores(emb, fps, cohort.fingerprints(), cohort.calibration.top_n)[1] if has_cohort else None
+    lrs, rank = None, sims
+    if lr_from == "cohort" and has_cohort:
+        rank = norm
+        lrs = cohort.calibration.for_sizes(1, _model_images(g)).log10_lr(norm)
+    elif lr_from == "gallery":
+        cal = gallery_lr_calibration(g)
+        lrs = cal.log10_lr(sims) if cal is not None else None
+    use_lr = lrs is not None and threshold is None
+    t = None if use_lr else (threshold if threshold is not None else (g.calibration.threshold if g.calibration else None))
     k = max(1, min(top_k, len(names)))
-    order = top_k_indices(sims, k)
+    order = top_k_indices(rank, k)
     out = []
     for i in range(emb.shape[0]):
         top = [(names[j], float(sims[i, j])) for j in order[i]]
         best, score = top[0]
-        decided = best if (t is None or score >= t) else UNKNOWN
-        out.append(Identification(
-            path=None if paths is None else paths[i], model=decided, score=score, best_model=best,
-            top=top, threshold=t,
-            low_confidence=bool(low_confidence[i]) if low_confidence is not None else False))
+        r = Identification(path=None if paths is None else paths[i], model=best, score=score, best_model=best,
+                           top=top, threshold=t,
+                           low_confidence=bool(low_confidence[i]) if low_confidence is not None else False)
+        if norm is not None:
+            r.top_norm = [float(norm[i, j]) for j in order[i]]
+            r.score_norm = r.top_norm[0]
+        if lrs is not None:
+            r.top_log10_lr = [float(lrs[i, j]) for j in order[i]]
+            r.log10_lr = r.top_log10_lr[0]
+            r.verbal = verbal_scale(r.log10_lr, f"'{best}'", "another model")
+        if use_lr:
+            r.min_log10_lr = float(min_log10_lr)
+            if r.log10_lr < min_log10_lr:
+                r.model = UNKNOWN
+        elif t is not None and score < t:
+            r.model = UNKNOWN
+        out.append(r)
     return out
 
 
 @dataclass
 class Verification:
-    similarity: float
+    similarity: float  # raw cosine of the two set fingerprints
     same_model: bool
-    threshold: float
-    threshold_source: str  # "--threshold", "gallery (FAR 0.05, N_S=5)", ...
+    threshold: float | None  # raw-cosine threshold when the decision used one
+    threshold_source: str  # "--threshold", "gallery (FAR 0.05, N_S=5)", "cohort LR >= 10", ...
     n_a: int
     n_b: int
     low_confidence: bool = False
+    score_norm: float | None = None
+    log10_lr: float | None = None
+    verbal: str | None = None
+    min_log10_lr: float | None = None
 
 
 def set_fingerprint(emb: np.ndarray) -> np.ndarray:
@@ -112,12 +191,39 @@ def set_fingerprint(emb: np.ndarray) -> np.ndarray:
     return l2_normalise(l2_normalise(np.atleast_2d(emb)).mean(axis=0))
 
 
-def verify_embeddings(a: np.ndarray, b: np.ndarray, threshold: float, source: str = "--threshold",
-                      low_confidence: bool = False) -> Verification:
+def verify_embeddings(a: np.ndarray, b: np.ndarray, threshold: float | None, source: str = "--threshold",
+                      low_confidence: bool = False, cohort: Cohort | None = None,
+                      min_log10_lr: float = DEFAULT_MIN_LOG10_LR, lr_from: str = "gallery",
+                      gallery_calibration: LogisticCalibration | None = None) -> Verification:
+    """Same model or not, from the fingerprints of image sets ``a`` and ``b``.
+
+    The LR comes from ``gallery_calibration`` (raw cosine; see :func:`verify_lr_calibration`) or,
+    with ``lr_from="cohort"``, from the cohort's calibration of the S-normalised score. It
+    decides (``log10 LR >= min_log10_lr``) unless a raw ``threshold`` is given.
+    """
+    from fpt.calibration import verbal_scale, verification_scores
+
     fa, fb = set_fingerprint(a), set_fingerprint(b)
+    n_a, n_b = len(np.atleast_2d(a)), len(np.atleast_2d(b))
     s = float(np.dot(fa, fb))
-    return Verification(s, s >= threshold, float(threshold), source, len(np.atleast_2d(a)), len(np.atleast_2d(b)),
-                        low_confidence)
+    v = Verification(s, bool(threshold is not None and s >= threshold), None if threshold is None else float(threshold),
+                     source, n_a, n_b, low_confidence)
+    if cohort is not None and cohort.calibration is not None:
+        _, norm = verification_scores(fa[None, :], fb[None, :], cohort.fingerprints(), cohort.calibration.top_n)
+        v.score_norm = float(norm[0])
+        if lr_from == "cohort":
+            v.log10_lr = float(cohort.calibration.for_sizes(min(n_a, n_b), max(n_a, n_b)).log10_lr(norm)[0])
+    if lr_from == "gallery" and gallery_calibration is not None:
+        v.log10_lr = float(gallery_calibration.log10_lr(np.array([s]))[0])
+    if v.log10_lr is not None:
+        v.verbal = verbal_scale(v.log10_lr)
+        if threshold is None:
+            v.min_log10_lr = float(min_log10_lr)
+            v.same_model = v.log10_lr >= min_log10_lr
+    elif threshold is None:
+        raise InputError("verification needs a threshold or a likelihood-ratio calibration",
+                         hint="enroll 2+ models into the gallery, or pass --threshold")
+    return v
 
 
 @dataclass
@@ -130,14 +236,9 @@ class VerifyCalibration:
     pairs: int
 
 
-def verify_threshold(g: Gallery, n_s: int, far: float = DEFAULT_FAR, n_pairs: int = 2000,
-                     seed: int = 0) -> VerifyCalibration:
-    """Threshold for set-vs-set verification with ``n_s`` images a side, from the gallery's images.
-
-    Builds balanced genuine / impostor set pairs from the enrolled embeddings (models with fewer
-    than ``2 * n_s`` images give only impostor sides) and takes the threshold at ``far``.
-    ``n_s`` is capped at what the gallery can supply.
-    """
+def _gallery_set_pairs(g: Gallery, n_s: int, n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scores of balanced genuine / impostor set pairs (``n_s`` images a side, capped at what the
+    gallery can supply) built from the enrolled embeddings: ``(scores, same, n_s used)``."""
     emb, labels = gallery_embeddings(g)
     if len(set(labels)) < 2:
         raise InputError("verification calibration needs a gallery with 2+ models", path=g.path,
@@ -149,10 +250,127 @@ def verify_threshold(g: Gallery, n_s: int, far: float = DEFAULT_FAR, n_pairs: in
     e = l2_normalise(emb)
     fa = l2_normalise(e[A].mean(axis=1))
     fb = l2_normalise(e[B].mean(axis=1))
-    s = np.sum(fa * fb, axis=1)
+    return np.sum(fa * fb, axis=1), same, n_eff
+
+
+def verify_threshold(g: Gallery, n_s: int, far: float = DEFAULT_FAR, n_pairs: int = 2000,
+                     seed: int = 0) -> VerifyCalibration:
+    """Threshold for set-vs-set verification with ``n_s`` images a side, from the gallery's images.
+
+    Builds balanced genuine / impostor set pairs from the enrolled embeddings (models with fewer
+    than ``2 * n_s`` images give only impostor sides) and takes the threshold at ``far``.
+    ``n_s`` is capped at what the gallery can supply.
+    """
+    s, same, n_eff = _gallery_set_pairs(g, n_s, n_pairs, seed)
     t = threshold_at_far(s, same, far=far)
     return VerifyCalibration(float(t), n_eff, far, float(np.mean(s[~same] >= t)), float(np.mean(s[same] < t)),
                              int(n_pairs))
+
+
+def verify_lr_calibration(g: Gallery, n_s: int, n_pairs: int = 2000, seed: int = 0
+                          ) -> tuple[LogisticCalibration, int]:
+    """Logistic raw-cosine -> log10 LR map for ``n_s``-image sets, fitted on the gallery's set pairs."""
+    from fpt.calibration import fit_logistic
+
+    s, same, n_eff = _gallery_set_pairs(g, n_s, n_pairs, seed)
+    return fit_logistic(s[same], s[~same]), n_eff
+
+
+@dataclass
+class ModelConfusion:
+    model: str
+    other: str
+    share: float  # of ``model``'s images that score at least as high against ``other`` as against their own model
+    fingerprint_cosine: float
+    accepted_share: float | None = None  # of ``model``'s images ``other`` would take if ``model`` were not enrolled
+
+
+@dataclass
+class GalleryCheck:
+    """What an analyst should know about a gallery, from leave-one-out scoring of its own images.
+
+    With a cohort the rates are at the LR decision level (``min_log10_lr``); without one at the
+    gallery's raw calibrated threshold (``None`` if it has none).
+    """
+
+    rule: str  # "lr" or "raw"
+    level: float | None  # log10 LR level or raw threshold
+    expected_far: float | None  # images scored as if their model were not enrolled, accepted
+    expected_frr: float | None  # images rejected against their own (leave-one-out) model
+    loo_accuracy: float | None
+    disagreeing: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (rejected, images)
+    confusions: list[ModelConfusion] = field(default_factory=list)
+
+
+#: a model is flagged as possibly mixed when this share of its own images is rejected against it
+MIXED_SHARE = 0.25
+#: two models are flagged as not separable when this share of one's images prefers the other
+CONFUSED_SHARE = 0.25
+
+
+def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float = DEFAULT_MIN_LOG10_LR,
+                  lr_from: str = "gallery") -> GalleryCheck:
+    """Leave-one-out over the enrolled images: expected FAR / FRR at the decision rule, plus the
+    models whose own images disagree (likely mixed sources) and pairs of models that this
+    extractor does not separate."""
+    from fpt.calibration import cohort_stats, normalised_scores
+
+    names, fps = g.fingerprint_matrix()
+    use_cohort = lr_from == "cohort" and cohort is not None and cohort.calibration is not None
+    gal_cal = gallery_lr_calibration(g) if lr_from == "gallery" else None
+    use_lr = use_cohort or gal_cal is not None
+    cfp = cohort.fingerprints() if use_cohort else None
+    cal = cohort.calibration.for_sizes(1, max(1, _model_images(g) - 1)) if use_cohort else None
+    top_n = cohort.calibration.top_n if use_cohort else 0
+    level = float(min_log10_lr) if use_lr else (g.calibration.threshold if g.calibration else None)
+    gen_all, imp_all, ok_all = [], [], []
+    out = GalleryCheck("lr" if use_lr else "raw", level, None, None, None)
+    for mi, name in enumerate(names):
+        m = g.models[name]
+        if m.count < 2:
+            continue
+        e = l2_normalise(m.embeddings.astype(np.float64))
+        loo = l2_normalise(e.sum(axis=0)[None, :] - e)  # own fingerprint without each image
+        others = np.delete(fps, mi, axis=0).astype(np.float64)
+        other_names = [n for n in names if n != name]
+        raw_gen = np.sum(e * loo, axis=1)
+        if use_cohort:
+            ext_p = np.hstack([e @ cfp.T, e @ others.T])
+            ext_m = np.hstack([loo @ cfp.T, loo @ others.T])
+            ps, ms = cohort_stats(ext_p, top_n), cohort_stats(ext_m, top_n)
+            gen = cal.log10_lr(0.5 * ((raw_gen - ps.mean) / ps.std + (raw_gen - ms.mean) / ms.std))
+            if others.shape[0]:
+                _, norm = normalised_scores(e, others, cfp, top_n)
+                other_scores = cal.log10_lr(norm)
+            else:
+                other_scores = np.full((m.count, 0), -np.inf)
+        else:
+            gen = raw_gen
+            other_scores = e @ others.T if others.shape[0] else np.full((m.count, 0), -np.inf)
+            if gal_cal is not None:
+                gen, other_scores = gal_cal.log10_lr(gen), gal_cal.log10_lr(other_scores)
+        best_other = other_scores.max(axis=1) if other_scores.shape[1] else np.full(m.count, -np.inf)
+        gen_all.append(gen)
+        imp_all.append(best_other)
+        ok_all.append(gen > best_other)
+        if level is not None:
+            rejected = int(np.sum(gen < level))
+            if rejected and rejected >= MIXED_SHARE * m.count:
+                out.disagreeing[name] = (rejected, m.count)
+        for j, other in enumerate(other_names):
+            share = float(np.mean(other_scores[:, j] >= gen))
+            taken = None if level is None else float(np.mean(other_scores[:, j] >= level))
+            if share >= CONFUSED_SHARE or (taken is not None and taken >= CONFUSED_SHARE):
+                out.confusions.append(ModelConfusion(name, other, share, float(np.dot(fps[mi], fps[names.index(other)])),
+                                                     taken))
+    if gen_all:
+        gen, imp, ok = np.concatenate(gen_all), np.concatenate(imp_all), np.concatenate(ok_all)
+        out.loo_accuracy = float(np.mean(ok))
+        if level is not None:
+            out.expected_frr = float(np.mean(gen < level))
+            if len(names) >= 2:
+                out.expected_far = float(np.mean(imp >= level))
+    return out
 
 
 def gallery_embeddings(g: Gallery) -> tuple[np.ndarray, np.ndarray]:
@@ -204,23 +422,39 @@ class Lineage:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(8, max(2.5, 0.35 * len(self.names) + 1)))
         dendrogram(self.linkage, labels=self.names, orientation="right", ax=ax, color_threshold=None)
-        ax.set_xlabel("cosine distance between fingerprints (1 - cosine similarity)")
+        ax.set_xlabel("cosine distance between fingerprints (1 - cosine similarity)" if "cosine" in title
+                      else "cohort-normalised distance (0 = the most similar pair)")
         ax.set_title(title)
         return save_figure(fig, out)
 
 
-def lineage(names: list[str], fingerprints: np.ndarray) -> Lineage:
-    """Average-linkage hierarchical clustering of fingerprints under cosine distance (paper 001 §IV-D)."""
+def lineage(names: list[str], fingerprints: np.ndarray, cohort_fps: np.ndarray | None = None,
+            top_n: int | None = None) -> Lineage:
+    """Average-linkage hierarchical clustering of fingerprints under cosine distance (paper 001 §IV-D).
+
+    With ``cohort_fps`` the similarity is the symmetric adaptive S-norm of fingerprint pairs
+    against the cohort, rescaled to a [0, 1] distance (0 = the most similar pair).
+    """
     from scipy.cluster.hierarchy import linkage as _linkage
-    from scipy.spatial.distance import pdist
+    from scipy.spatial.distance import pdist, squareform
 
     if len(names) < 2:
         raise InputError("lineage needs at least two models", hint="enroll more models")
     fp = l2_normalise(np.asarray(fingerprints, np.float64))
-    d = np.clip(pdist(fp, metric="cosine"), 0.0, 2.0)
+    if cohort_fps is None:
+        d = np.clip(pdist(fp, metric="cosine"), 0.0, 2.0)
+    else:
+        from fpt.calibration import DEFAULT_TOP_N, normalised_scores
+
+        _, norm = normalised_scores(fp, fp, cohort_fps, top_n or DEFAULT_TOP_N, include_models=False)
+        sim = squareform(0.5 * (norm + norm.T), checks=False)
+        span = max(float(sim.max() - sim.min()), 1e-12)
+        d = (sim.max() - sim) / span
     return Lineage(list(names), _linkage(d, method="average"), d)
 
 
 __all__ = ["UNKNOWN", "Identification", "identification_record", "failure_record", "identify_embeddings", "top_k_indices", "Verification", "verify_embeddings",
+           "GalleryCheck", "ModelConfusion", "check_gallery", "gallery_lr_calibration", "verify_lr_calibration",
+           "LR_SOURCES",
            "set_fingerprint", "VerifyCalibration", "verify_threshold", "gallery_embeddings", "Lineage",
            "lineage", "best_accuracy"]

@@ -41,6 +41,7 @@ import torch
 
 from fpt.errors import ConfigError, EmptyInputError, InputError
 from fpt.images import IMAGE_EXTENSIONS, load_image
+from fpt.eval_decisions import DecisionResult, run_decisions
 from fpt.metrics import identification as I
 from fpt.metrics import verification as M
 
@@ -149,6 +150,7 @@ class MethodResult:
     davies_bouldin: float | None = None
     fd_ratio: float | None = None
     seconds: float = 0.0
+    decisions: "DecisionResult | None" = None  # Cllr and the open-set sweep (fpt.eval_decisions)
 
 
 @dataclass
@@ -323,11 +325,19 @@ def run_method(method: str, emb: np.ndarray, splits: GroupSplits, far: float = 0
 def evaluate(root: str | Path, methods: Sequence[str], *, seed: int = 0, n_pairs: int = 2000, k_shot: int = 10,
              repeats: int = 5, unknown_fraction: float = 0.3, far: float = 0.05, small_side: int = SMALL_SIDE,
              representation_kwargs: dict | None = None,
-             progress: Callable[[str, int], Callable[[int], None]] | None = None) -> EvalResult:
+             progress: Callable[[str, int], Callable[[int], None]] | None = None,
+             extra_groups: dict[str, list[str]] | None = None, cohort: str | Path | None = None,
+             min_log10_lr: float | None = None) -> EvalResult:
     """Run every protocol for every method on the labelled folders under ``root``.
 
     ``progress(description, total)`` may return a callback ``advance(n)`` for progress display.
+    ``extra_groups`` names further groups by their model labels (e.g. a text-to-image subset of
+    ``main``), evaluated on their own as well. The ``fpt`` method's decision layer (Cllr, open-set
+    sweep) uses ``cohort`` or the cohort beside its extractor, when there is one.
     """
+    from fpt.calibration import DEFAULT_MIN_LOG10_LR
+
+    level = DEFAULT_MIN_LOG10_LR if min_log10_lr is None else float(min_log10_lr)
     import time
 
     from fpt.representations import build_representation
@@ -341,6 +351,12 @@ def evaluate(root: str | Path, methods: Sequence[str], *, seed: int = 0, n_pairs
         from fpt.extractor.checkpoint import load_extractor
 
         kwargs["extractor"] = load_extractor(ex, device=kwargs.get("device", "auto"))  # once, for every group
+    cohorts: dict[str, object] = {}
+    if "fpt" in methods:
+        from fpt.cohort import find_cohort
+
+        fx = kwargs["extractor"]
+        cohorts["fpt"] = find_cohort(fx.sha256, getattr(fx, "path", None), cohort)
     # Built once (extractors, manifolds are costly); the fixed-crop baselines are rebuilt per group.
     shared = {m: build_representation(m, seed=seed, **kwargs) for m in methods if m not in CROP_DEPENDENT}
     for m in methods:  # fail on a bad method name before loading any image
@@ -370,9 +386,15 @@ def evaluate(root: str | Path, methods: Sequence[str], *, seed: int = 0, n_pairs
     labels_a = np.array(labels, dtype=object)
     groups_a = np.array(groups, dtype=object)
 
+    plan = [(g, np.nonzero(groups_a == g)[0]) for g in sorted(set(groups), key=lambda g: (g != "main", g))]
+    for gname, members in (extra_groups or {}).items():
+        missing = sorted(set(members) - set(labels))
+        if missing:
+            raise InputError(f"--group {gname}: no model folder named {', '.join(missing)}", path=root,
+                             hint="use the model labels fpt eval prints (folder paths relative to ROOT)")
+        plan.append((gname, np.nonzero(np.isin(labels_a, list(members)))[0]))
     out_groups = []
-    for gi, gname in enumerate(sorted(set(groups), key=lambda g: (g != "main", g))):
-        idx = np.nonzero(groups_a == gname)[0]
+    for gi, (gname, idx) in enumerate(plan):
         # Baselines compare fixed-size residuals: use the group's smallest side (<= 256) so no
         # image is padded unless the whole group is tiny. Same tensors for every method.
         side = min(min(images[i].shape[-2:]) for i in idx)
@@ -404,10 +426,15 @@ def evaluate(root: str | Path, methods: Sequence[str], *, seed: int = 0, n_pairs
         for m in methods:
             r = run_method(m, embs[m], splits, far=far)
             r.seconds = secs[m]
+            r.decisions = run_decisions(embs[m], glabels, splits.pairs, cohorts.get(m), seed=seed + 1000 * gi,
+                                        repeats=repeats, unknown_fraction=unknown_fraction, far=far,
+                                        min_log10_lr=level, base_draws=(k_shot, splits.open_splits))
             mres[m] = r
         out_groups.append(GroupResult(gname, sorted(counts), counts, mres, splits.notes))
     settings = dict(n_pairs=n_pairs, k_shot=k_shot, repeats=repeats, unknown_fraction=unknown_fraction, far=far,
-                    ns_values=list(NS_VALUES), small_side=small_side)
+                    ns_values=list(NS_VALUES), small_side=small_side, min_log10_lr=level,
+                    extra_groups=dict(extra_groups or {}),
+                    cohorts={m: (str(c.path) if c is not None else None) for m, c in cohorts.items()})
     return EvalResult(str(root), list(methods), out_groups, failures, seed, settings)
 
 
@@ -427,11 +454,34 @@ SUMMARY_METRICS = [
     ("{k}-shot identification macro-F1", lambda r: r.id_macro_f1),
     ("open-set AUROC", lambda r: r.open_auroc),
     ("open-set acc (cal. thr.)", lambda r: r.open_accuracy),
+    ("open-set acc (LR gallery)", lambda r: _d_acc(r, "LR gallery")),
+    ("open-set acc (LR cohort)", lambda r: _d_acc(r, "LR cohort")),
+    ("Cllr N_S=1 (LR gallery)", lambda r: _d_cllr(r, "gallery", 1, "cllr")),
+    ("Cllr N_S=10 (LR gallery)", lambda r: _d_cllr(r, "gallery", 10, "cllr")),
+    ("Cllr N_S=1 (LR cohort)", lambda r: _d_cllr(r, "cohort", 1, "cllr")),
+    ("Cllr N_S=10 (LR cohort)", lambda r: _d_cllr(r, "cohort", 10, "cllr")),
+    ("Cllr_min N_S=1 (raw)", lambda r: _d_cllr(r, "gallery", 1, "cllr_min")),
+    ("Cllr_min N_S=10 (raw)", lambda r: _d_cllr(r, "gallery", 10, "cllr_min")),
     ("silhouette", lambda r: r.silhouette),
     ("Davies-Bouldin (lower=better)", lambda r: r.davies_bouldin),
     ("FD ratio (paper 002)", lambda r: r.fd_ratio),
     ("embedding time, s", lambda r: r.seconds),
 ]
+
+
+def _d_acc(r: MethodResult, point: str):
+    """Open-set accuracy at an operating point in the (all models, k_shot) cell: the main protocol's draws."""
+    if r.decisions is None:
+        return None
+    cells = [c for c in r.decisions.open_set if c.main_protocol]
+    return cells[0].accuracy.get(point) if cells else None
+
+
+def _d_cllr(r: MethodResult, source: str, n: int, key: str):
+    if r.decisions is None:
+        return None
+    v = r.decisions.cllr.get(source, {}).get(n)
+    return None if v is None else v[key]
 
 
 def _v(r: MethodResult, n: int, attr: str):
@@ -480,6 +530,7 @@ def to_json(res: EvalResult) -> dict:
                              "known_accuracy": r.open_known_accuracy, "unknown_rejection": r.open_unknown_rejection},
                 "clustering": {"silhouette": r.silhouette, "davies_bouldin": r.davies_bouldin, "fd_ratio": r.fd_ratio},
                 "embed_seconds": r.seconds,
+                "decisions": r.decisions,
             }
         groups.append({"group": g.group, "models": g.counts, "methods": methods, "notes": g.notes})
     return {"root": res.root, "methods": res.methods, "seed": res.seed, "settings": res.settings,

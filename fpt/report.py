@@ -251,6 +251,60 @@ def print_scan_summary(s: Any) -> None:
     console.print(f"{s.out}: {s.records} record(s), {s.images} image(s), {s.failed} unreadable, "
                   f"{s.low_confidence} low-confidence", markup=False)
     if s.models:
-        from rich.markup import escape  # model names are user strings: never markup
+        print_table(None, ["model", "images"], [[m, n] for m, n in s.models.items()])  # cells print literally
 
-        print_table(None, ["model", "images"], [[escape(m), n] for m, n in s.models.items()])
+
+# ---------------------------------------------------------------- decisions: cohort, LR, verbal scale
+
+
+def render_cohort(summary: Mapping[str, Any], title: str) -> None:
+    """A cohort's size, extractor and in-sample calibration quality per (probe, model) set size."""
+    console.print(f"{title}: {summary['models']} models, {summary['images']} images, extractor "
+                  f"{str(summary['extractor_sha256'])[:12]}", markup=False)
+    cal = summary.get("calibration")
+    if not cal:
+        console.print("no LR calibration stored", markup=False)
+        return
+    print_table(f"LR calibration (adaptive S-norm, top-{cal['top_n']}), fitted on cohort trials",
+                ["probe images", "model images", "method", "Cllr", "Cllr_min", "targets", "non-targets"],
+                [[r["n_probe"], r["n_model"], r["calibrator"].get("method"), r["cllr"], r["cllr_min"], r["targets"],
+                  r["non_targets"]] for r in cal["sizes"]],
+                caption="in-sample on the cohort; fpt eval measures it on held-out labelled folders")
+
+
+def format_lr(log10_lr: float | None) -> str:
+    """``log10 LR 1.84 (LR 69)``; LRs beyond 10^+-6 shown as powers of ten."""
+    if log10_lr is None or not math.isfinite(log10_lr):
+        return "-"
+    lr = 10.0 ** log10_lr
+    shown = f"{lr:.3g}" if 1e-3 <= lr <= 1e6 else f"10^{log10_lr:.1f}"
+    return f"{log10_lr:+.2f} (LR {shown})"
+
+
+def cohort_summary(c: Any) -> dict[str, Any]:
+    """JSON-able summary of a :class:`fpt.cohort.Cohort`."""
+    cal = c.calibration
+    return {"path": str(c.path) if c.path else None, "extractor_sha256": c.extractor_sha256, "models": c.size,
+            "images": int(c.embeddings.shape[0]), "created": c.created, "source": c.source,
+            "calibration": cal.to_dict() if cal else None}
+
+
+def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
+    """(expected-rates line or None, warning lines) for an :class:`fpt.attribution.GalleryCheck`."""
+    rates = None
+    if chk.expected_frr is not None:
+        rule = (f"log10 LR >= {chk.level:g}" if chk.rule == "lr" else f"cosine >= {chk.level:.4f}")
+        far = "n/a (one model)" if chk.expected_far is None else f"{chk.expected_far:.1%}"
+        rates = (f"decision {rule}: expected false-accept rate {far}, false-reject rate {chk.expected_frr:.1%} "
+                 f"(leave-one-out over the gallery's own images)")
+    warns = []
+    for name, (rej, n) in sorted(chk.disagreeing.items()):
+        warns.append(f"'{name}': {rej} of its {n} images are rejected against its own fingerprint "
+                     f"(leave-one-out): the images disagree - the folder may mix sources or post-processing")
+    for c in chk.confusions:
+        taken = ("" if c.accepted_share is None else
+                 f", and {c.accepted_share:.0%} would be attributed to '{c.other}' if '{c.model}' were not enrolled")
+        warns.append(f"'{c.model}' and '{c.other}' are not separable by this extractor: {c.share:.0%} of "
+                     f"'{c.model}' images score at least as high against '{c.other}' as against their own model"
+                     f"{taken} (fingerprint cosine {c.fingerprint_cosine:.3f}; e.g. a shared decoder)")
+    return rates, warns

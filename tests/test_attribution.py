@@ -79,8 +79,12 @@ def test_enroll_identify_right_model_and_unknown(gallery, data, capsys):
     code, res = _run_json(capsys, ["identify", str(probes[N_MODELS]), "--gallery", str(gallery)])
     assert code == cli_attr.EXIT_UNKNOWN, res
     assert all(r["model"] == "unknown" for r in res["results"])
-    assert all(r["score"] < res["threshold"] for r in res["results"])
-    assert res["threshold_source"] == "calibrated"
+    # decided on the gallery-calibrated likelihood ratio: each unknown's best LR is below the level
+    assert res["min_log10_lr"] == 0.0 and res["decision"].startswith("log10 LR >= 0")
+    assert all(r["log10_lr"] < 0 and r["verbal"] for r in res["results"])
+    for r in res["results"]:
+        assert set(r) >= {"score", "score_norm", "log10_lr", "verbal"}
+        assert [t["log10_lr"] for t in r["top"]] == sorted((t["log10_lr"] for t in r["top"]), reverse=True)
 
 
 def test_identify_table_csv_and_threshold_override(gallery, data, capsys):
@@ -135,7 +139,8 @@ def test_verify_same_and_different(gallery, data, capsys):
     assert "calibrated" in v["threshold_source"] and "N_S=3" in v["threshold_source"]
     code, v = _run_json(capsys, ["verify", str(probes[2]), str(enroll[3]), "--gallery", str(gallery)])
     assert code == cli_attr.EXIT_UNKNOWN and v["same_model"] is False
-    assert v["similarity"] < v["threshold"]
+    assert v["log10_lr"] < v["min_log10_lr"] == 0.0 and v["verbal"].endswith("rather than the same model")
+    assert set(v) >= {"similarity", "score_norm", "log10_lr", "verbal"}
     # single images, explicit threshold
     a = sorted(probes[1].iterdir())[0]
     b = sorted(enroll[1].iterdir())[0]

@@ -27,6 +27,12 @@ _DEVICE_HELP = DEVICE_HELP
 _GALLERY_HELP = "Gallery file (default $FPT_GALLERY or $XDG_DATA_HOME/fpt/gallery.h5)."
 _WINDOWS_HELP = "n for n x n windows (default: the checkpoint's)."
 _BATCH_HELP = "Window crops per forward pass (bounds memory)."
+_MIN_LR_HELP = ("Attribute / call 'same model' when log10 LR reaches this level (0: LR >= 1, the evidence favours "
+                "it; 1: LR >= 10, moderate support).")
+_LR_FROM_HELP = ("Likelihood-ratio calibration: gallery (raw cosine, fitted on the gallery's own images; default) or "
+                 "cohort (adaptive S-norm against the extractor's cohort, fitted on cohort models).")
+_COHORT_HELP = "Cohort file (default: <extractor>.cohort.h5 beside the checkpoint, if present)."
+DEFAULT_MIN_LOG10_LR = 0.0  # = fpt.calibration.DEFAULT_MIN_LOG10_LR (not imported: keeps CLI start-up light)
 
 
 def load_extractor(path: Optional[Path], device: str):
@@ -34,6 +40,48 @@ def load_extractor(path: Optional[Path], device: str):
     from fpt.extractor.checkpoint import load_extractor as _load
 
     return _load(path, device=device)
+
+
+def _cohort_for(ex, explicit: Optional[Path], lr_from: str):
+    """The extractor's cohort (``--cohort`` or the file beside the checkpoint), or None."""
+    from fpt.attribution import LR_SOURCES
+    from fpt.cohort import find_cohort
+    from fpt.errors import ConfigError, ExtractorMismatchError
+
+    if lr_from not in LR_SOURCES:
+        raise ConfigError(f"--lr-from must be one of {', '.join(LR_SOURCES)}, not '{lr_from}'")
+    try:
+        coh = find_cohort(ex.sha256, getattr(ex, "path", None), explicit)
+    except ExtractorMismatchError as exc:
+        if explicit is not None or lr_from == "cohort":
+            raise
+        # the cohort beside the checkpoint is stale (new weights, cohort not rebuilt): the default
+        # gallery-calibrated LR does not need it, so say so and carry on without normalised scores
+        from fpt.report import warn
+
+        warn(exc.one_line())
+        coh = None
+    if lr_from == "cohort" and (coh is None or coh.calibration is None):
+        raise ConfigError("--lr-from cohort: this extractor has no calibrated cohort",
+                          hint="pass --cohort FILE or build one: fpt cohort build (docs/calibration.md)")
+    return coh
+
+
+def _gallery_cohort(g, explicit: Optional[Path]):
+    """The cohort for a gallery's extractor: ``--cohort`` or the default extractor's, if it matches."""
+    from fpt.cohort import cohort_path_for, load_cohort
+    from fpt.errors import ConfigError
+    from fpt.extractor.checkpoint import default_extractor_path
+
+    p = explicit if explicit is not None else cohort_path_for(default_extractor_path())
+    if explicit is None and not p.exists():
+        raise ConfigError("no cohort for this gallery's extractor", hint="pass --cohort FILE (fpt cohort build)")
+    c = load_cohort(p)
+    if g.extractor_sha256:
+        c.check_extractor(g.extractor_sha256)
+    if c.calibration is None:
+        raise ConfigError("the cohort has no calibration", path=p, hint="rebuild it with fpt cohort build")
+    return c
 
 
 def _gallery_path(p: Optional[Path]) -> Path:
@@ -101,7 +149,7 @@ def _scan_device(device: str) -> str:
 def _scan_to_file(kind: str, files: list[Path], ex, *, jsonl: Optional[Path], csv_file: Optional[Path],
                   resume: bool, workers: int, flush_every: int, shard: Optional[str], json_out: bool,
                   windows: Optional[int], batch_size: int, gallery=None, top_k: int = 3,
-                  threshold: Optional[float] = None) -> int:
+                  threshold: Optional[float] = None, decision: Optional[dict] = None) -> int:
     """Run a streaming scan (identify or embed) into --jsonl/--csv-file; render its summary; exit code."""
     from fpt.report import print_json, print_scan_summary, progress
     from fpt.scan import scan_embed, scan_identify, shard_bounds, shard_spec
@@ -115,7 +163,7 @@ def _scan_to_file(kind: str, files: list[Path], ex, *, jsonl: Optional[Path], cs
         task = prog.add_task(kind if sh.count == 1 else f"{kind} (part {sh.index} of {sh.count})", total=hi - lo)
         common["on_done"] = lambda k: prog.advance(task, k)
         if kind == "identify":
-            s = scan_identify(files, out, gallery, ex, top_k=top_k, threshold=threshold, **common)
+            s = scan_identify(files, out, gallery, ex, top_k=top_k, threshold=threshold, **(decision or {}), **common)
         else:
             s = scan_embed(files, out, ex, **common)
     if sh.world > 1 and sh.auto_merge and sh.rank != 0:
@@ -257,9 +305,10 @@ def register(app: typer.Typer) -> None:
         ok, failed, pending = [], [], []
         res = None
         cal = None
+        final = None
 
         def commit() -> None:
-            nonlocal res, cal
+            nonlocal res, cal, final
             with edit_gallery(gpath, create=True) as g:
                 r = add_embeddings(
                     g, model,
@@ -269,6 +318,7 @@ def register(app: typer.Typer) -> None:
                 if r.total == 0:  # nothing readable for a new model: leave the gallery untouched
                     raise _no_images(model, failed)
             cal = g.calibration  # after the block: edit_gallery recalibrates on the way out
+            final = g
             res = r if res is None else type(r)(model, res.added + r.added, res.duplicates + r.duplicates, r.total)
             pending.clear()
 
@@ -288,12 +338,20 @@ def register(app: typer.Typer) -> None:
             commit()
         low = sum(r.low_confidence for r in ok)
         skipped_dupes = n_input - len(files) + res.duplicates
+        from fpt.attribution import check_gallery
+        from fpt.report import gallery_check_messages
+
+        chk = check_gallery(final)
+        rates, warnings = gallery_check_messages(chk)
         if json_out:
             print_json({"model": model, "gallery": str(gpath), "added": res.added,
                         "already_enrolled": skipped_dupes,
                         "failed": [{"path": str(f.path), "error": f.reason} for f in failed],
                         "images": res.total, "low_confidence": low,
-                        "threshold": cal.threshold if cal else None})
+                        "threshold": cal.threshold if cal else None,
+                        "decision": {"rule": chk.rule, "level": chk.level, "expected_far": chk.expected_far,
+                                     "expected_frr": chk.expected_frr, "loo_accuracy": chk.loo_accuracy},
+                        "warnings": warnings})
             return
         console.print(f"enrolled [bold]{literal(model)}[/bold]: {res.added} new image(s), {skipped_dupes} already enrolled, "
                       f"{len(failed)} unreadable; {res.total} image(s) in total -> {literal(gpath)}", markup=True)
@@ -301,9 +359,10 @@ def register(app: typer.Typer) -> None:
             warn(f"{low} image(s) were smaller than the extractor's window and were mirror-padded (low confidence)")
         if res.total < 10:
             warn(f"{model} has {res.total} image(s); 10 or more make a much more reliable fingerprint")
-        if cal:
-            console.print(f"identification threshold recalibrated: {cal.threshold:.{_digits(cal.threshold)}f} at FAR {cal.far:g} "
-                          f"(expected false-reject rate {cal.expected_frr:.1%})")
+        if rates:
+            console.print(rates, markup=False)
+        for w in warnings:
+            warn(w)
 
     def _no_images(model: str, failed):
         from fpt.errors import EmptyInputError
@@ -451,10 +510,19 @@ def register(app: typer.Typer) -> None:
                 vrows.append(v)
             except Exception:
                 pass
+        from fpt.attribution import check_gallery
+        from fpt.report import gallery_check_messages, warn
+
+        chk = check_gallery(g)
+        rates, warnings = gallery_check_messages(chk)
         if json_out:
-            print_json({"identification": cal, "verification": vrows})
+            print_json({"identification": cal, "verification": vrows, "decision": chk, "warnings": warnings})
             return
-        print_table("identification threshold (stored in the gallery)",
+        if rates:
+            console.print("identify / verify decide on the likelihood ratio; " + rates, markup=False)
+        for w in warnings:
+            warn(w)
+        print_table("raw-cosine identification threshold (stored in the gallery; used with no LR calibration)",
                     ["FAR asked", "threshold", "expected FAR", "expected FRR", "LOO top-1 acc", "genuine", "impostor"],
                     [[cal.far, f"{cal.threshold:.{_digits(cal.threshold)}f}", cal.expected_far, cal.expected_frr, cal.loo_accuracy,
                       cal.n_genuine, cal.n_impostor]])
@@ -472,7 +540,11 @@ def register(app: typer.Typer) -> None:
         paths: list[Path] = typer.Argument(..., help="Images and/or folders to attribute."),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="How many candidate models to list."),
-        threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the calibrated threshold."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Decide on the raw cosine with this "
+                                                  "threshold instead of the likelihood ratio."),
+        min_lr: float = typer.Option(DEFAULT_MIN_LOG10_LR, "--min-lr", help=_MIN_LR_HELP),
+        lr_from: str = typer.Option("gallery", "--lr-from", help=_LR_FROM_HELP),
+        cohort: Optional[Path] = typer.Option(None, "--cohort", help=_COHORT_HELP),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
         windows: Optional[int] = typer.Option(None, "--windows", min=1, help=_WINDOWS_HELP),
@@ -486,13 +558,18 @@ def register(app: typer.Typer) -> None:
         flush_every: int = typer.Option(256, "--flush-every", min=1, help=_FLUSH_HELP),
         shard: Optional[str] = typer.Option(None, "--shard", help=_SHARD_HELP),
     ) -> None:
-        """Which enrolled model made each image, or unknown (exit 10 if any unknown)."""
+        """Which enrolled model made each image, or unknown (exit 10 if any unknown).
+
+        Each image gets its best model's raw cosine, cohort-normalised score (when the extractor
+        has a cohort), calibrated log10 likelihood ratio and the ENFSI verbal scale; it is
+        attributed when the log10 LR reaches --min-lr (docs/calibration.md).
+        """
         import numpy as np
 
         from fpt.attribution import failure_record, identification_record, identify_embeddings
         from fpt.gallery import load_gallery
         from fpt.images import find_images
-        from fpt.report import console, print_json, visible, warn
+        from fpt.report import console, format_lr, print_json, visible, warn
 
         if json_out and csv_out:
             from fpt.errors import ConfigError
@@ -507,14 +584,13 @@ def register(app: typer.Typer) -> None:
         files = find_images(paths)
         ex = load_extractor(extractor, _scan_device(device))
         g.check_extractor(ex.sha256)
+        coh = _cohort_for(ex, cohort, lr_from)
         quiet = json_out or csv_out
-        if threshold is None and g.calibration is None:
-            warn("gallery is not calibrated (needs 2+ models with 2+ images): no image can come back unknown; "
-                 "pass --threshold or enroll more models")
         if to_file:
             code = _scan_to_file("identify", files, ex, jsonl=jsonl, csv_file=csv_file, resume=resume,
                                  workers=workers, flush_every=flush_every, shard=shard, json_out=json_out,
-                                 windows=windows, batch_size=batch_size, gallery=g, top_k=top_k, threshold=threshold)
+                                 windows=windows, batch_size=batch_size, gallery=g, top_k=top_k, threshold=threshold,
+                                 decision=dict(cohort=coh, min_log10_lr=min_lr, lr_from=lr_from))
             if code:
                 raise typer.Exit(code)
             return
@@ -523,12 +599,22 @@ def register(app: typer.Typer) -> None:
         _require_readable(ok, failed)
         results = identify_embeddings(g, np.stack([r.embedding for r in ok]), top_k=top_k, threshold=threshold,
                                       paths=[str(r.path) for r in ok],
-                                      low_confidence=np.array([r.low_confidence for r in ok]))
+                                      low_confidence=np.array([r.low_confidence for r in ok]),
+                                      cohort=coh, min_log10_lr=min_lr, lr_from=lr_from)
         n_unknown = sum(not r.identified for r in results)
-        src = "--threshold" if threshold is not None else ("calibrated" if g.calibration else "none")
-        t_used = threshold if threshold is not None else (g.calibration.threshold if g.calibration else None)
+        by_lr = results[0].min_log10_lr is not None
+        t_used = results[0].threshold
+        if by_lr:
+            src = f"log10 LR >= {min_lr:g} ({lr_from}-calibrated LR)"
+        else:
+            src = "--threshold" if threshold is not None else ("calibrated" if g.calibration else "none")
+            if threshold is None and g.calibration is None:
+                warn("no likelihood-ratio calibration and no gallery threshold (needs 2+ models with 2+ images): "
+                     "no image can come back unknown; pass --threshold or enroll more models")
         if json_out:
-            print_json({"gallery": str(g.path), "threshold": t_used, "threshold_source": src,
+            print_json({"gallery": str(g.path), "decision": src, "min_log10_lr": min_lr if by_lr else None,
+                        "lr_from": lr_from, "threshold": t_used,
+                        "threshold_source": src, "cohort": str(coh.path) if coh is not None else None,
                         "results": [identification_record(r) for r in results],
                         "failed": [failure_record(f.path, f.reason) for f in failed],
                         "summary": {"images": len(results), "identified": len(results) - n_unknown,
@@ -536,36 +622,44 @@ def register(app: typer.Typer) -> None:
         elif csv_out:
             buf = io.StringIO()
             w = csv.writer(buf)
-            w.writerow(["path", "model", "score", "best_model", "low_confidence", "threshold"]
-                       + [f"top{i + 1}_{c}" for i in range(top_k) for c in ("model", "score")])
+            w.writerow(["path", "model", "score", "score_norm", "log10_lr", "verbal", "best_model", "low_confidence",
+                        "threshold"] + [f"top{i + 1}_{c}" for i in range(top_k) for c in ("model", "score")])
+
+            def num(v) -> str:
+                return "" if v is None else f"{v:.6f}"
+
             for r in results:
                 tops = [x for m, s in r.top for x in (m, f"{s:.6f}")]
-                w.writerow([r.path, r.model, f"{r.score:.6f}", r.best_model, int(r.low_confidence),
-                            "" if t_used is None else f"{t_used:.6f}"] + tops)
+                w.writerow([r.path, r.model, f"{r.score:.6f}", num(r.score_norm), num(r.log10_lr), r.verbal or "",
+                            r.best_model, int(r.low_confidence), num(t_used)] + tops)
             for f in failed:
-                w.writerow([str(f.path), "error", "", "", "", ""])
+                w.writerow([str(f.path), "error", "", "", "", "", "", "", ""])
             sys.stdout.write(buf.getvalue())
         else:
-            rows = []
             nd = _digits(t_used, *(r.score for r in results))
-            for r in results:
-                tops = "\n".join(f"{visible(m)} {s:.{nd}f}" for m, s in r.top)
-                decided = visible(r.model) if r.identified else Text("unknown", style="red")
-                rows.append([r.path, decided, r.score, tops, "yes" if r.low_confidence else ""])
             from rich.table import Table
             from rich.text import Text
 
+            from fpt.calibration import verbal_level
+
             table = Table(title=f"identification against {g.path.name} ({len(g.models)} models)",
-                          caption=f"threshold {t_used:.{nd}f} ({src})" if t_used is not None else "no threshold")
+                          caption=(f"decision: {src}" if by_lr else
+                                   (f"threshold {t_used:.{nd}f} ({src})" if t_used is not None else "no threshold")))
             any_low = any(r.low_confidence for r in results)
             table.add_column("image", overflow="fold")
             table.add_column("model", overflow="fold")
-            table.add_column("score", justify="right", no_wrap=True)
+            table.add_column("log10 LR", justify="right", no_wrap=True)
+            table.add_column("support (ENFSI)", overflow="fold")
+            table.add_column("cosine", justify="right", no_wrap=True)
             table.add_column(f"top-{min(top_k, len(g.models))} (cosine)", no_wrap=True)
             if any_low:
                 table.add_column("low-conf")
-            for row in rows:
-                cells = [visible(row[0]), row[1], f"{row[2]:.{nd}f}", row[3]] + ([row[4]] if any_low else [])
+            for r in results:
+                tops = "\n".join(f"{visible(m)} {s:.{nd}f}" for m, s in r.top)
+                decided = visible(r.model) if r.identified else Text("unknown", style="red")
+                cells = [visible(str(r.path)), decided, format_lr(r.log10_lr),
+                         "-" if r.log10_lr is None else verbal_level(r.log10_lr),
+                         f"{r.score:.{nd}f}", tops] + (["yes" if r.low_confidence else ""] if any_low else [])
                 table.add_row(*cells)
             console.print(table)
             if len(results) > 1 or failed:
@@ -573,7 +667,11 @@ def register(app: typer.Typer) -> None:
 
                 cnt = Counter(r.model for r in results)
                 console.print(f"{len(results)} image(s): " + ", ".join(f"{m} {n}" for m, n in cnt.most_common())
-                              + (f"; {len(failed)} unreadable" if failed else ""))
+                              + (f"; {len(failed)} unreadable" if failed else ""), markup=False)
+            if by_lr:
+                console.print("LR = how many times more probable the image's fingerprint is if the named model made "
+                              "it than if another model did; support words from the ENFSI verbal scale "
+                              "(docs/calibration.md)", markup=False)
         if n_unknown:
             raise typer.Exit(EXIT_UNKNOWN)
         if failed:
@@ -584,9 +682,13 @@ def register(app: typer.Typer) -> None:
     def verify_cmd(
         a: Path = typer.Argument(..., help="Side A: an image or folder (N_S images are averaged)."),
         b: Path = typer.Argument(..., help="Side B: an image or folder."),
-        threshold: Optional[float] = typer.Option(None, "--threshold", help="Decision threshold (default: calibrated "
-                                                  "on the gallery's images for this N_S)."),
-        far: float = typer.Option(0.05, "--far", callback=OPEN_UNIT, help="False-accept rate for the calibrated threshold, in (0, 1)."),
+        threshold: Optional[float] = typer.Option(None, "--threshold", help="Decide on the raw cosine with this "
+                                                  "threshold instead of the likelihood ratio."),
+        far: float = typer.Option(0.05, "--far", hidden=True, callback=OPEN_UNIT, help="Ignored since decisions use the likelihood "
+                                  "ratio (--min-lr); kept so existing scripts still run."),
+        min_lr: float = typer.Option(DEFAULT_MIN_LOG10_LR, "--min-lr", help=_MIN_LR_HELP),
+        lr_from: str = typer.Option("gallery", "--lr-from", help=_LR_FROM_HELP),
+        cohort: Optional[Path] = typer.Option(None, "--cohort", help=_COHORT_HELP),
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
         device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
@@ -594,40 +696,60 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(64, "--batch-size", min=1, help=_BATCH_HELP),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
-        """Were A and B made by the same model? Exit 0 same, 10 different."""
+        """Were A and B made by the same model? Exit 0 same, 10 different.
+
+        Reports the raw cosine, the cohort-normalised score, the calibrated log10 likelihood ratio
+        and its ENFSI verbal scale; "same model" when the log10 LR reaches --min-lr.
+        """
         import numpy as np
 
-        from fpt.attribution import verify_embeddings, verify_threshold
+        from fpt.attribution import verify_embeddings, verify_lr_calibration
         from fpt.errors import EmptyInputError
         from fpt.gallery import load_gallery
         from fpt.images import find_images
-        from fpt.report import console, print_json
+        from fpt.report import console, format_lr, print_json
 
         fa, fb = find_images(a), find_images(b)
         ex = load_extractor(extractor, device)
+        coh = _cohort_for(ex, cohort, lr_from)
         oka, faila = _embed_paths(ex, fa, windows=windows, batch_size=batch_size, quiet=json_out, description="side A")
         okb, failb = _embed_paths(ex, fb, windows=windows, batch_size=batch_size, quiet=json_out, description="side B")
         _report_failures(faila + failb)
         if not oka or not okb:
             raise EmptyInputError("no readable images on side " + ("A" if not oka else "B"))
         n_s = min(len(oka), len(okb))
-        if threshold is not None:
-            t, src = threshold, "--threshold"
-        else:
-            g = load_gallery(_gallery_path(gallery))
-            g.check_extractor(ex.sha256)
-            vc = verify_threshold(g, n_s, far)
-            t, src = vc.threshold, f"calibrated on {g.path.name} at FAR {far:g}, N_S={vc.n_s}"
+        src, gcal = "--threshold", None
+        if lr_from == "gallery":
+            gp = _gallery_path(gallery)
+            if threshold is None or gp.exists():  # a missing gallery is an error only when it must decide
+                from fpt.errors import InputError
+
+                g = load_gallery(gp)
+                g.check_extractor(ex.sha256)
+                try:
+                    gcal, n_eff = verify_lr_calibration(g, n_s)
+                except InputError:
+                    if threshold is None:
+                        raise
+                else:
+                    if threshold is None:
+                        src = f"log10 LR >= {min_lr:g} (LR calibrated on {g.path.name}, N_S={n_eff})"
+        elif threshold is None:
+            src = f"log10 LR >= {min_lr:g} (LR calibrated on the cohort)"
         low = any(r.low_confidence for r in oka + okb)
-        v = verify_embeddings(np.stack([r.embedding for r in oka]), np.stack([r.embedding for r in okb]), t, src, low)
+        v = verify_embeddings(np.stack([r.embedding for r in oka]), np.stack([r.embedding for r in okb]), threshold, src, low,
+                              cohort=coh, min_log10_lr=min_lr, lr_from=lr_from, gallery_calibration=gcal)
         if json_out:
             print_json(v)
         else:
             verdict = "[green]same model[/green]" if v.same_model else "[red]different models[/red]"
             nd = _digits(v.similarity, v.threshold)
-            console.print(f"similarity {v.similarity:.{nd}f} (A: {v.n_a} image(s), B: {v.n_b} image(s)) -> {verdict}",
+            console.print(f"log10 LR {format_lr(v.log10_lr)}: {v.verbal or 'no LR calibration'} -> {verdict}",
                           markup=True)
-            console.print(f"threshold {v.threshold:.{nd}f} ({v.threshold_source})")
+            norm = "" if v.score_norm is None else f", normalised {v.score_norm:.3f}"
+            console.print(f"cosine {v.similarity:.{nd}f}{norm} (A: {v.n_a} image(s), B: {v.n_b} image(s))")
+            console.print(f"decision: {v.threshold_source}" + (f" (threshold {v.threshold:.{nd}f})" if v.threshold is not None else ""),
+                          markup=False)
             if low:
                 console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]",
                               markup=True)
@@ -640,6 +762,9 @@ def register(app: typer.Typer) -> None:
         gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dendrogram PNG (default: lineage.png)."),
         models: Optional[list[str]] = typer.Option(None, "--model", "-m", help="Only these models (repeatable)."),
+        scores: str = typer.Option("raw", "--scores", help="raw (cosine distance) or snorm (cohort-normalised "
+                                   "similarity, needs the extractor's cohort or --cohort)."),
+        cohort: Optional[Path] = typer.Option(None, "--cohort", help=_COHORT_HELP),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
         """Cluster the gallery's fingerprints (cosine, average linkage): dendrogram PNG + text tree."""
@@ -652,8 +777,17 @@ def register(app: typer.Typer) -> None:
         g = load_gallery(_gallery_path(gallery))
         names = list(models) if models else g.names()
         fps = np.stack([g.get(n).fingerprint for n in names]) if names else np.zeros((0, 1))
-        lin = lineage(names, fps)
-        png = lin.plot(out or Path("lineage.png"))
+        if scores not in ("raw", "snorm"):
+            from fpt.errors import ConfigError
+
+            raise ConfigError(f"--scores must be raw or snorm, not '{scores}'")
+        coh = None
+        if scores == "snorm":
+            coh = _gallery_cohort(g, cohort)
+        lin = lineage(names, fps, coh.fingerprints() if coh else None, coh.calibration.top_n if coh else None)
+        title = ("fpt lineage (cohort-normalised distance, average linkage)" if coh else
+                 "fpt lineage (cosine distance, average linkage)")
+        png = lin.plot(out or Path("lineage.png"), title=title)
         if json_out:
             from scipy.spatial.distance import squareform
 
@@ -686,14 +820,28 @@ def register(app: typer.Typer) -> None:
                                                 "(fpt manifold build)."),
         real: Optional[Path] = typer.Option(None, "--real", help="Real images for an ad-hoc manifold (artifact-* methods)."),
         figures: bool = typer.Option(True, "--figures/--no-figures", help="Write ROC and histogram PNGs."),
+        group: Optional[list[str]] = typer.Option(None, "--group", help="Extra group NAME=model,model,... evaluated "
+                                                  "on its own too (e.g. a text-to-image subset); repeatable."),
+        cohort: Optional[Path] = typer.Option(None, "--cohort", help=_COHORT_HELP),
+        min_lr: float = typer.Option(DEFAULT_MIN_LOG10_LR, "--min-lr", help=_MIN_LR_HELP),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     ) -> None:
-        """Verification, identification, open-set and clustering metrics for several methods, same splits."""
+        """Verification, identification, open-set, calibration (Cllr) and clustering metrics for several
+        methods, same splits; plus the open-set sweep over gallery size x shots."""
         from fpt.evaluation import evaluate, per_model_rows, plot_group, summary_table, to_json
         from fpt.report import console, dumps_json, print_json, print_table, progress, warn
         from fpt.storage import atomic_path
 
         mlist = [m.strip() for m in methods.split(",") if m.strip()]
+        extra: dict[str, list[str]] = {}
+        for spec in group or []:
+            name, sep, members = spec.partition("=")
+            models_ = [m.strip() for m in members.split(",") if m.strip()]
+            if not sep or not name.strip() or len(models_) < 2:
+                from fpt.errors import ConfigError
+
+                raise ConfigError(f"--group '{spec}' is not NAME=model,model,... with 2+ models")
+            extra[name.strip()] = models_
         with progress(transient=True, disable=json_out) as prog:
             def make(desc: str, total: int):
                 task = prog.add_task(desc, total=total)
@@ -704,7 +852,8 @@ def register(app: typer.Typer) -> None:
                            representation_kwargs={"extractor": extractor, "device": device, "windows": windows,
                                                   **({"manifold": manifold} if manifold else {}),
                                                   **({"real_images": real} if real else {})},
-                           progress=make)
+                           progress=make, extra_groups=extra, cohort=cohort, min_log10_lr=min_lr)
+        out.mkdir(parents=True, exist_ok=True)
         pngs = []
         data = to_json(res)
         if out is not None:  # files only where the user asked for them
@@ -731,6 +880,23 @@ def register(app: typer.Typer) -> None:
                                 "oracle = best threshold on the test pairs (papers' number)")
             cols, rows = per_model_rows(g)
             print_table(f"{g.group}: {res.settings['k_shot']}-shot identification accuracy per model", cols, rows)
+            from fpt.eval_decisions import cllr_rows, decision_rows
+
+            for m, r in g.methods.items():
+                if r.decisions is None:
+                    continue
+                cols, rows = cllr_rows(r.decisions)
+                if rows:
+                    print_table(f"{g.group}: {m} verification calibration (test pairs)", cols, rows,
+                                caption="gallery = logistic on raw cosine fitted on the calibration split; "
+                                        "cohort = adaptive S-norm + the cohort's calibration")
+                cols, rows = decision_rows(r.decisions)
+                if rows:
+                    print_table(f"{g.group}: {m} open-set sweep ({res.settings['repeats']} draws each)", cols, rows,
+                                caption=f"FRR = known probes not accepted with the right model; LR level "
+                                        f"log10 LR >= {res.settings['min_log10_lr']:g}")
+                for n in r.decisions.notes:
+                    console.print(f"  note ({m}): {n}", markup=False)
             for n in g.notes:
                 console.print(f"  note: {n}")
         if out is not None:

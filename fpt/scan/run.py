@@ -299,8 +299,13 @@ def _with_file_counts(s: ScanSummary, path: Path, fmt_name: str) -> ScanSummary:
 def scan_identify(files: Sequence[Path], out: str | Path, gallery, ex, *, fmt: str = "jsonl", top_k: int = 3,
                   threshold: float | None = None, windows: int | None = None, batch_size: int = 64,
                   workers: int = 0, resume: bool = False, flush_every: int = FLUSH_EVERY,
-                  on_done: Callable[[int], None] | None = None, shard: Shard | None = None) -> ScanSummary:
-    """``fpt identify --jsonl/--csv-file``: identify every file against ``gallery``, streaming records to ``out``."""
+                  on_done: Callable[[int], None] | None = None, shard: Shard | None = None,
+                  **decision) -> ScanSummary:
+    """``fpt identify --jsonl/--csv-file``: identify every file against ``gallery``, streaming records to ``out``.
+
+    ``decision`` (``cohort``, ``min_log10_lr``, ``lr_from``) is passed to
+    :func:`fpt.attribution.identify_embeddings` unchanged, so a scan decides exactly as ``--json`` does.
+    """
     from fpt.attribution import Identification, identification_record, identify_embeddings
 
     k = max(1, min(top_k, len(gallery.models)))
@@ -311,7 +316,7 @@ def scan_identify(files: Sequence[Path], out: str | Path, gallery, ex, *, fmt: s
     def make(embs: list) -> list[dict]:
         res = identify_embeddings(gallery, np.stack([r.embedding for r in embs]), top_k=top_k, threshold=threshold,
                                   paths=[str(r.path) for r in embs], fingerprints=fingerprints,
-                                  low_confidence=np.array([r.low_confidence for r in embs]))
+                                  low_confidence=np.array([r.low_confidence for r in embs]), **decision)
         return [identification_record(r) for r in res]
 
     return _scan(files, Path(out), fmt, template, make, ex, windows=windows, batch_size=batch_size, workers=workers,
