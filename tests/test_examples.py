@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import shared_data
 
 from fpt.cli import main
@@ -49,6 +50,7 @@ def test_worked_example_refuses_a_missing_data_folder_with_one_line(tmp_path):
     assert not (tmp_path / "w").exists()  # nothing started
 
 
+@pytest.mark.slow  # ~100 s on 2 busy cores: 7 fpt processes, 30 real images
 def test_worked_example_reduced_gives_the_expected_decisions(tmp_path):
     """The script at reduced size (5 images per model, 3 per verify side, 2 + 1 models).
 
