@@ -59,7 +59,7 @@ last() { find "$DATA/$1" -maxdepth 1 -type f -name '*.png' | LC_ALL=C sort | tai
 take() {
     local dest=$1 n
     mkdir -p "$dest"
-    files "$2" "$3" "$4" | xargs -r -d '\n' cp -t "$dest"
+    files "$2" "$3" "$4" | while IFS= read -r f; do cp "$f" "$dest/"; done
     n=$(files "$2" "$3" "$4" | wc -l)
     if [ "$n" -ne "$4" ]; then echo "worked_example.sh: $2 has fewer than $(($3 + $4 - 1)) images" >&2; exit 2; fi
 }
