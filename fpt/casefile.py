@@ -456,6 +456,10 @@ def build_case(
     ids = identify_embeddings(g, np.stack([r.embedding for r in ok]), top_k=top_k, threshold=threshold,
                               paths=[str(r.path) for r in ok])
     by_path = {r.path: i for r, i in zip(ok, ids)}
+    if ids[0].min_log10_lr is not None:  # the decision layer decided on its calibrated likelihood ratio
+        record.threshold_used = None
+        record.threshold_source = (f"log10 LR >= {ids[0].min_log10_lr:g} (likelihood ratio calibrated on the "
+                                   "gallery's own enrolled images, leave-one-out)")
     window = int(extractor.preprocessing.crop_size)
     curves: dict[str, Curve] = {}  # one mean spectrum per model, however many probes need it
 
@@ -477,7 +481,10 @@ def build_case(
         d = by_path[r.path]
         pr.decision = Decision(model=d.model, identified=d.identified, score=d.score, best_model=d.best_model,
                                threshold=d.threshold, top=[Candidate(m, s) for m, s in d.top])
-        lr = likelihood_ratio(d.best_model, d.score) if likelihood_ratio is not None else None
+        if likelihood_ratio is not None:
+            lr = likelihood_ratio(d.best_model, d.score)
+        else:  # the LR the decision itself used, where the gallery has one
+            lr = (d.log10_lr, d.verbal) if d.log10_lr is not None else None
         if lr is not None:
             pr.decision.log10_lr, pr.decision.verbal = float(lr[0]), lr[1]
         spec = spectra.pop(r.path)

@@ -172,8 +172,12 @@ def _record(case: CaseFile) -> str:
                    f"{cal.n_genuine} genuine / {cal.n_impostor} impostor scores; expected false-reject rate "
                    f"{cal.expected_frr:.1%}, leave-one-out accuracy {cal.loo_accuracy:.1%}), calibrated {cal.date}")
                 if cal else _na("not calibrated"))
-    thr = (_e(f"{r.threshold_used:.6g} ({r.threshold_source})") if r.threshold_used is not None
-           else _na("none: every probe is attributed to its best model"))
+    if r.threshold_used is not None:
+        thr = _e(f"{r.threshold_used:.6g} ({r.threshold_source})")
+    elif r.threshold_source.startswith("log10 LR"):  # decided on the likelihood ratio, not a cosine threshold
+        thr = _e(r.threshold_source)
+    else:
+        thr = _na("none: every probe is attributed to its best model")
     models = ", ".join(f"{_e(n)} ({c})" for n, c in r.gallery_models.items())
     rows = [
         ("date (UTC)", _e(r.date)),
@@ -250,8 +254,9 @@ def _probe(i: int, p: ProbeRecord, case: CaseFile) -> str:
         verdict = f'<span class="verdict ok">attributed to {_e(d.model)}</span>'
     else:
         verdict = (f'<span class="verdict unknown">unknown</span> <span class="small">best candidate '
-                   f"{_e(d.best_model)} scored below the threshold</span>")
-    thr = _num(d.threshold, 6) if d.threshold is not None else _na("none")
+                   f"{_e(d.best_model)} scored below the decision level</span>")
+    thr = (_num(d.threshold, 6) if d.threshold is not None
+           else _na("none: decided on the likelihood ratio" if d.log10_lr is not None else "none"))
     out.append("<h4>Decision</h4><p>" + verdict + "</p>")
     out.append(_kv([
         ("score (cosine)", _num(d.score, 6)),
