@@ -133,8 +133,15 @@ def register(app: typer.Typer) -> None:
         # Before any work, and never a silent mkdir or overwrite: the output is the user's named
         # file (a run from the repo root once replaced the shipped fpt/weights/extractor.pt).
         cfg = TrainConfig(**values)
-        result = train(cfg, resume=resume, show_progress=not (quiet or json_out),
-                       log=(lambda *_: None) if json_out else (lambda m: typer.echo(m, err=True)))
+        import os
+
+        from fpt.report import step_progress
+
+        # The core reports steps on rank 0 only; other torchrun ranks draw no bar.
+        rank0 = os.environ.get("RANK", "0") in ("", "0")
+        with step_progress("train", cfg.steps, disable=quiet or json_out or not rank0) as on_step:
+            result = train(cfg, resume=resume, on_step=on_step,
+                           log=(lambda *_: None) if json_out else (lambda m: typer.echo(m, err=True)))
         if result is None:  # non-zero DDP rank
             return
         summary = {"out": str(result.out), "sha256": result.sha256, "steps": result.steps,
