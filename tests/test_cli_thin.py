@@ -16,7 +16,7 @@ MAX_LINES = 60
 # config assembly moved into TrainConfig first (also on that branch). The test below fails when
 # one of them gets short, so that this list only shrinks.
 PENDING = {("synth.py", "register"), ("synth.py", "build"), ("synth.py", "_register_ffd"),
-           ("synth.py", "ffd_cmd"), ("train.py", "register"), ("train.py", "train_cmd")}
+           ("synth.py", "ffd_cmd"), ("train.py", "train_cmd")}
 
 
 def long_functions(folder: Path, limit: int = MAX_LINES) -> dict[tuple[str, str], int]:

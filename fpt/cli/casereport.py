@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from fpt.cli.attribution import EXIT_SOME_FAILED, _gallery_path
-from fpt.cli.options import DEVICE_HELP as _DEVICE_HELP, EXTRACTOR_HELP as _EXTRACTOR_HELP, GALLERY_HELP as _GALLERY_HELP
+from fpt.cli.options import DeviceOpt, ExtractorOpt, GalleryOpt
 
 
 def load_extractor(path: Optional[Path], device: str):
@@ -39,11 +39,11 @@ def _refuse_overwriting_inputs(out: Path, inputs: list[Path]) -> None:
 def report_cmd(
     paths: list[Path] = typer.Argument(..., help="Probe images and/or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (self-contained: figures embedded)."),
-    gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
+    gallery: GalleryOpt = None,
     top_k: int = typer.Option(5, "--top-k", "-k", help="Candidate models to list and plot."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the calibrated threshold."),
-    extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
-    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+    extractor: ExtractorOpt = None,
+    device: DeviceOpt = "auto",
     windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     max_reference: int = typer.Option(64, "--max-reference",

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from fpt.cli import attribution as _attr
-from fpt.cli.options import DEVICE_HELP as _DEVICE_HELP, EXTRACTOR_HELP as _EXTRACTOR_HELP
+from fpt.cli.options import DeviceOpt, ExtractorOpt
 
 
 def build_cmd(
@@ -31,8 +31,8 @@ def build_cmd(
     top_n: int = typer.Option(50, "--top-n", help="Adaptive S-norm: highest cohort scores kept."),
     method: str = typer.Option("logistic", "--method", help="LR calibration: logistic | pav."),
     seed: int = typer.Option(0, "--seed"),
-    extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
-    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+    extractor: ExtractorOpt = None,
+    device: DeviceOpt = "auto",
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Build a cohort (tied to the extractor's sha256) and fit its LR calibration."""
