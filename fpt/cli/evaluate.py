@@ -70,7 +70,6 @@ def eval_cmd(
                                               **({"manifold": manifold} if manifold else {}),
                                               **({"real_images": real} if real else {})},
                        progress=make, extra_groups=extra, cohort=cohort, min_log10_lr=min_lr)
-    out.mkdir(parents=True, exist_ok=True)
     data = to_json(res)
     if out is not None:  # files only where the user asked for them
         _write_eval_files(res, data, out, figures)
