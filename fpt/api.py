@@ -23,6 +23,13 @@ ENROLL_CHUNK = 256
 
 PathsLike = str | Path | Sequence[str | Path]
 OnDone = Callable[[Path], None] | None
+OnFailure = Callable[[object], None] | None  # called with each fpt.extractor.embed.EmbedFailure as it happens
+
+
+def _gallery_path(gallery: str | Path | None) -> Path:
+    from fpt.gallery import gallery_path
+
+    return gallery_path(gallery)
 
 
 def _paths(paths: PathsLike) -> list[Path]:
@@ -37,12 +44,6 @@ def _extractor(extractor, device: str):
 
         return load_extractor(extractor, device=device)
     return extractor
-
-
-def _gallery_path(gallery: str | Path | None) -> Path:
-    from fpt.gallery import default_gallery_path
-
-    return Path(gallery) if gallery is not None else default_gallery_path()
 
 
 @dataclass
@@ -61,21 +62,26 @@ class Embedded:
     def low_confidence(self) -> np.ndarray:
         return np.array([r.low_confidence for r in self.images], bool)
 
-    def require_some(self, what: str = "input") -> None:
+    def require_some(self, what: str = "input", hint: str | None = None) -> None:
         """Batch work carries on past bad files, but a run where every file failed is an error."""
         if not self.images:
-            raise EmptyInputError(f"none of the {len(self.failures)} {what} image(s) could be read")
+            raise EmptyInputError(f"none of the {len(self.failures)} {what} image(s) could be read", hint=hint)
 
 
 def embed(paths: PathsLike, extractor=None, *, device: str = "auto", windows: int | None = None,
-          batch_size: int = 64, on_done: OnDone = None) -> Embedded:
+          batch_size: int = 64, on_done: OnDone = None, on_failure: OnFailure = None) -> Embedded:
     """Fingerprint embedding of every image under ``paths`` (files and folders, recursively)."""
     from fpt.extractor.embed import EmbedFailure, iter_embeddings
 
     ex = _extractor(extractor, device)
     out = Embedded([], [])
     for r in iter_embeddings(ex, _paths(paths), windows=windows, batch_size=batch_size, on_done=on_done):
-        (out.failures if isinstance(r, EmbedFailure) else out.images).append(r)
+        if isinstance(r, EmbedFailure):
+            out.failures.append(r)
+            if on_failure is not None:
+                on_failure(r)
+        else:
+            out.images.append(r)
     return out
 
 
@@ -96,18 +102,23 @@ class Enrolment:
     low_confidence: int  # added images smaller than the extractor's window (mirror-padded)
     threshold: float | None  # the gallery's identification threshold after recalibration
     failures: list = field(default_factory=list)  # fpt.extractor.embed.EmbedFailure
+    final: object = field(default=None, repr=False)  # the fpt.gallery.Gallery as last committed
 
 
 def enroll(model: str, paths: PathsLike, gallery: str | Path | None = None, extractor=None, *,
            meta: dict[str, str] | None = None, device: str = "auto", windows: int | None = None,
-           batch_size: int = 64, chunk: int = ENROLL_CHUNK, on_done: OnDone = None) -> Enrolment:
+           batch_size: int = 64, chunk: int | None = None, on_done: OnDone = None,
+           on_failure: OnFailure = None) -> Enrolment:
     """Add the images under ``paths`` to ``model`` (created if new) in ``gallery``, committing
-    every ``chunk`` images; images already enrolled (same sha256) are skipped."""
+    every ``chunk`` images (default :data:`ENROLL_CHUNK`); images already enrolled (same sha256)
+    are skipped. Checks that the gallery can be written before the slow part; the default
+    gallery's folder is created. Stored image paths are absolute."""
     from fpt.extractor.embed import EmbedFailure, iter_embeddings
-    from fpt.gallery import add_embeddings, edit_gallery, load_gallery
+    from fpt.gallery import add_embeddings, edit_gallery, load_gallery, writable_gallery_path
     from fpt.storage import file_sha256
 
-    gpath = _gallery_path(gallery)
+    chunk = ENROLL_CHUNK if chunk is None else chunk
+    gpath = writable_gallery_path(gallery)  # before the slow part (and torch's import); symlinks resolved once
     files = _paths(paths)
     n_input = len(files)
     ex = _extractor(extractor, device)
@@ -127,7 +138,7 @@ def enroll(model: str, paths: PathsLike, gallery: str | Path | None = None, extr
         with edit_gallery(gpath, create=True) as g:
             r = add_embeddings(
                 g, model, np.stack([x.embedding for x in pending]) if pending else np.zeros((0, dim), np.float32),
-                [str(x.path) for x in pending], [hashes.get(x.path) or file_sha256(x.path) for x in pending],
+                [str(Path(x.path).resolve()) for x in pending], [hashes.get(x.path) or file_sha256(x.path) for x in pending],
                 np.array([x.low_confidence for x in pending], bool), ex.sha256, dim, meta)
             if r.total == 0:  # nothing readable for a new model: leave the gallery untouched
                 raise EmptyInputError(f"no readable images to enroll for '{model}' ({len(out.failures)} failed)")
@@ -135,12 +146,15 @@ def enroll(model: str, paths: PathsLike, gallery: str | Path | None = None, extr
         out.already_enrolled += r.duplicates
         out.total = r.total
         out.threshold = g.calibration.threshold if g.calibration else None  # edit_gallery recalibrated
+        out.final = g
         pending.clear()
 
     committed = False
     for r in iter_embeddings(ex, files, windows=windows, batch_size=batch_size, on_done=on_done):
         if isinstance(r, EmbedFailure):
             out.failures.append(r)
+            if on_failure is not None:
+                on_failure(r)
             continue
         out.low_confidence += bool(r.low_confidence)
         pending.append(r)
@@ -154,11 +168,13 @@ def enroll(model: str, paths: PathsLike, gallery: str | Path | None = None, extr
 
 def identify(paths: PathsLike, gallery=None, extractor=None, *, top_k: int = 3, threshold: float | None = None,
              device: str = "auto", windows: int | None = None, batch_size: int = 64,
-             on_done: OnDone = None) -> tuple[list, list]:
+             on_done: OnDone = None, on_failure: OnFailure = None, **decision) -> tuple[list, list]:
     """Which enrolled model made each image (``unknown`` below the threshold).
 
-    ``gallery`` is a path (default gallery when None) or an opened gallery. Returns
-    ``(identifications, failures)``: :class:`fpt.attribution.Identification` per readable image.
+    ``gallery`` is a path (default gallery when None) or an opened gallery. ``decision`` passes
+    ``cohort``, ``min_log10_lr`` and ``lr_from`` to :func:`fpt.attribution.identify_embeddings`.
+    Returns ``(identifications, failures)``: :class:`fpt.attribution.Identification` per
+    readable image; unreadable files also go to ``on_failure`` as they happen.
     """
     from fpt.attribution import identify_embeddings
     from fpt.gallery import Gallery
@@ -168,10 +184,10 @@ def identify(paths: PathsLike, gallery=None, extractor=None, *, top_k: int = 3, 
         raise InputError("the gallery has no models", path=g.path, hint="fpt enroll MODEL IMAGES...")
     ex = _extractor(extractor, device)
     g.check_extractor(ex.sha256)
-    e = embed(paths, ex, windows=windows, batch_size=batch_size, on_done=on_done)
+    e = embed(paths, ex, windows=windows, batch_size=batch_size, on_done=on_done, on_failure=on_failure)
     e.require_some()
     ids = identify_embeddings(g, e.matrix, top_k=top_k, threshold=threshold, paths=[str(r.path) for r in e.images],
-                              low_confidence=e.low_confidence)
+                              low_confidence=e.low_confidence, **decision)
     return ids, e.failures
 
 
@@ -199,3 +215,46 @@ def verify(a: PathsLike, b: PathsLike, gallery=None, extractor=None, *, threshol
         t, src = vc.threshold, f"calibrated on {g.path.name} at FAR {far:g}, N_S={vc.n_s}"
     low = any(bool(s.low_confidence.any()) for s in sides)
     return verify_embeddings(sides[0].matrix, sides[1].matrix, t, src, low)
+
+
+def verify_calibration(gallery, extractor_sha256: str, n_s: int, *, threshold: float | None = None,
+                       min_log10_lr: float = 0.0, lr_from: str = "gallery"):
+    """What decides a verification of ``n_s``-image sets: ``(gallery_calibration, source)``.
+
+    With ``lr_from="gallery"`` the gallery (a path, None for the default) is read when it must
+    decide (no ``threshold``) or exists, and a logistic raw-cosine -> LR map is fitted on its
+    image sets; a gallery too small for that is an error only when no ``threshold`` is given.
+    ``source`` is the line recorded as the verification's ``threshold_source``.
+    """
+    from fpt.attribution import verify_lr_calibration
+    from fpt.gallery import load_gallery
+
+    src, gcal = "--threshold", None
+    if lr_from == "gallery":
+        gp = _gallery_path(gallery)
+        if threshold is None or gp.exists():  # a missing gallery is an error only when it must decide
+            g = load_gallery(gp)
+            g.check_extractor(extractor_sha256)
+            try:
+                gcal, n_eff = verify_lr_calibration(g, n_s)
+            except InputError:
+                if threshold is None:
+                    raise
+            else:
+                if threshold is None:
+                    src = f"log10 LR >= {min_log10_lr:g} (LR calibrated on {g.path.name}, N_S={n_eff})"
+    elif threshold is None:
+        src = f"log10 LR >= {min_log10_lr:g} (LR calibrated on the cohort)"
+    return gcal, src
+
+
+def identify_decision(results: list, gallery, *, threshold: float | None, min_log10_lr: float,
+                      lr_from: str) -> tuple[str, bool]:
+    """What decided an identification run: ``(source, undecidable)``; ``undecidable`` is True when
+    neither a likelihood ratio, nor ``threshold``, nor the gallery's calibration could call an
+    image unknown."""
+    if results and results[0].min_log10_lr is not None:
+        return f"log10 LR >= {min_log10_lr:g} ({lr_from}-calibrated LR)", False
+    if threshold is not None:
+        return "--threshold", False
+    return ("calibrated", False) if gallery.calibration else ("none", True)

@@ -56,6 +56,11 @@ def default_gallery_path() -> Path:
     return Path(base).expanduser() / "fpt" / "gallery.h5"
 
 
+def gallery_path(path: str | Path | None = None) -> Path:
+    """``path``, or :func:`default_gallery_path` when None."""
+    return Path(path) if path is not None else default_gallery_path()
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -235,6 +240,15 @@ def check_gallery_writable(path: str | Path) -> Path:
     """Fail fast, before any embedding work, when the gallery at ``path`` cannot be changed
     (read-only file or folder, missing folder, full or read-only disk). Returns the real path."""
     return check_writable(path, what="gallery file")
+
+
+def writable_gallery_path(path: str | Path | None = None) -> Path:
+    """The real path of the gallery to change (``path``, or the default one, whose folder is
+    created), checked with :func:`check_gallery_writable`; call it before any slow work."""
+    gpath = gallery_path(path)
+    if path is None:  # the default location's folder is ours to create
+        gpath.parent.mkdir(parents=True, exist_ok=True)
+    return check_gallery_writable(gpath)
 
 
 # ---------------------------------------------------------------- mutations (on a Gallery in memory)

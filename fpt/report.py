@@ -201,12 +201,22 @@ def progress(*, transient: bool = False, disable: bool = False) -> Progress:
 def step_progress(label: str, total: int, completed: int = 0, *, disable: bool = False) -> Iterator[Callable[[int, int, str], None]]:
     """A bar on stderr for a loop of known length with a line of status (loss, rate...).
 
-    Yields ``on_step(done, total, info)``, the callback long-running core functions accept.
+    Yields ``on_step(done, total, info)``, the callback long-running core functions accept. A
+    resumed loop's first call starts the bar at ``done - 1``, so the rate (and ETA) counts only the
+    steps run now.
     """
     with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, disable=disable) as bar:
         task = bar.add_task(label, total=total, completed=completed, info="")
-        yield lambda done, n, info="": bar.update(task, completed=done, total=n, info=info)
+        started = [False]
+
+        def on_step(done: int, n: int, info: str = "") -> None:
+            if not started[0] and done - 1 > completed:
+                bar.reset(task, total=n, completed=done - 1)
+            started[0] = True
+            bar.update(task, completed=done, total=n, info=info)
+
+        yield on_step
 
 
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, tight: bool = True) -> Path:

@@ -88,3 +88,23 @@ def test_enroll_commits_in_chunks_and_reports_failures(tmp_path):
     with pytest.raises(fpt.EmptyInputError, match="no readable images"):
         fpt.enroll("b", tmp_path / "a" / "broken.png", tmp_path / "g.h5")
     assert sorted(fpt.open_gallery(tmp_path / "g.h5").models) == ["a"]
+
+
+def test_enroll_stores_absolute_paths_and_reports_failures_as_they_come(tmp_path, monkeypatch):
+    """Relative inputs are stored as absolute paths (as `fpt enroll` always did); ``on_failure``
+    hears of each unreadable file during the loop, so a caller can report it even when the
+    enrolment then fails for want of readable images."""
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        _save(tmp_path / "a", f"a{i}", _model_a(rng))
+    (tmp_path / "a" / "broken.png").write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path)
+    heard = []
+    res = fpt.enroll("a", "a", "g.h5", on_failure=heard.append)
+    assert [Path(f.path).name for f in heard] == ["broken.png"] and res.failures == heard
+    paths = fpt.open_gallery("g.h5").get("a").paths
+    assert len(paths) == 2 and all(Path(p).is_absolute() and Path(p).exists() for p in paths)
+    heard.clear()
+    with pytest.raises(fpt.EmptyInputError):
+        fpt.enroll("b", "a/broken.png", "g.h5", on_failure=heard.append)
+    assert len(heard) == 1

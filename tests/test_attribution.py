@@ -268,7 +268,7 @@ def test_interrupted_enroll_keeps_committed_chunks_and_resumes(data, tmp_path, m
                 raise KeyboardInterrupt
             return super().embed_crops(crops)
 
-    monkeypatch.setattr(cli_attr, "ENROLL_CHUNK", 2)
+    monkeypatch.setattr("fpt.api.ENROLL_CHUNK", 2)  # the chunked enrolment is fpt.api.enroll
     monkeypatch.setattr(cli_attr, "load_extractor", lambda path, device: Interrupting())
     g = tmp_path / "g.h5"
     assert main(["enroll", "m0", str(enroll[0]), "--gallery", str(g), "--batch-size", "9"]) == 130

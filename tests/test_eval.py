@@ -135,3 +135,16 @@ def test_baselines_known_behaviour():
     assert s.shape == (1, 63)
     with pytest.raises(Exception, match="unknown method"):
         build_representation("nope")
+
+
+def test_eval_cli_without_out_writes_nothing(root, tmp_path, monkeypatch, capsys):
+    """--out is optional: the tables are printed and no file or folder is created (it used to fail
+    with an AttributeError after the whole evaluation)."""
+    ex = FakeExtractor()
+    monkeypatch.setattr("fpt.extractor.checkpoint.load_extractor", lambda path, device="auto": ex)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    code = main(["eval", str(root), "--methods", "fpt", "--pairs", "100", "--repeats", "1"])
+    assert code == 0 and "verification AUC, N_S=1" in capsys.readouterr().out
+    assert list(cwd.iterdir()) == []

@@ -205,7 +205,7 @@ def test_training_on_4_models_separates_them_better_than_untrained(tmp_path):
     net.set_normalisation(*train_mod._estimate_normalisation(
         net, FingerprintStream(src, src.model_ids, train_bank, P=4, K=4), torch.device("cpu")))
     untrained = score(net)
-    res = train(cfg, show_progress=False, log=lambda *_: None, source=src, bank=train_bank, return_net=True)
+    res = train(cfg, log=lambda *_: None, source=src, bank=train_bank, return_net=True)
     trained = score(res.net)
     assert trained > 0.9
     assert trained > untrained + 0.15
@@ -271,7 +271,7 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     kw = dict(pool="toy:6", steps=8, P=3, K=2, backbone="resnet10", width=0.125, crop_size=32, embedding_dim=16,
               holdout_frac=0.34, val_every=100, ckpt_every=4, warmup=2, device="cpu", half=False,
               val_images_per_model=2)
-    quiet = dict(show_progress=False, log=lambda *_: None)
+    quiet = dict(log=lambda *_: None)
     straight = train(TrainConfig(out=str(tmp_path / "a.pt"), **kw), bank=bank, source=ToySource(6), **quiet)
     # Normalisation probe (4 batches x 3 models) + val set (2 x 2) + 5 steps x 3 models, then Ctrl-C in step 6.
     src = _Interrupting(after=4 * 3 + 2 + 5 * 3)
@@ -333,7 +333,7 @@ def test_time_budget_stops_early_and_still_saves(tmp_path):
     cfg = TrainConfig(pool="toy:6", out=str(tmp_path / "t.pt"), steps=10**6, P=3, K=2, backbone="resnet10",
                       width=0.125, crop_size=32, embedding_dim=16, holdout_frac=0.34, val_every=10**6,
                       ckpt_every=10**6, warmup=1, device="cpu", max_minutes=0.02, val_images_per_model=2)
-    res = train(cfg, bank=bank, source=ToySource(6), show_progress=False, log=lambda *_: None)
+    res = train(cfg, bank=bank, source=ToySource(6), log=lambda *_: None)
     assert 0 < res.steps < 10**6
     assert res.final.get("step") == res.steps and "auc" in res.final
     from fpt.extractor.checkpoint import load_extractor
@@ -366,7 +366,7 @@ def test_denoiser_residual_is_built_once_with_its_weights(tmp_path):
     cfg = TrainConfig(pool="toy:6", out=str(tmp_path / "t.pt"), steps=1, P=3, K=2, backbone="resnet10",
                       width=0.125, crop_size=32, embedding_dim=16, holdout_frac=0.34, val_every=10**6,
                       ckpt_every=10**6, warmup=1, device="cpu", val_images_per_model=2, residual="denoiser")
-    res = train(cfg, bank=bank, source=ToySource(6), show_progress=False, log=lambda *_: None, return_net=True)
+    res = train(cfg, bank=bank, source=ToySource(6), log=lambda *_: None, return_net=True)
     dn = load_denoiser(None)
     got = res.net.transform.residual.net.state_dict()
     assert res.net.config["denoiser"] == dn.config()

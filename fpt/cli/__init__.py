@@ -75,9 +75,9 @@ def _root(
 
 
 def _register_commands() -> None:
-    from fpt.cli import attribution, cohort, manifold, scan, spectrum, synth, train
+    from fpt.cli import attribution, cohort, evaluate, gallery, manifold, scan, spectrum, synth, train
 
-    for module in (spectrum, synth, train, attribution, cohort, manifold, scan):
+    for module in (spectrum, synth, train, attribution, gallery, evaluate, cohort, manifold, scan):
         module.register(app)
     __import__("fpt.cli.casereport", fromlist=["register"]).register(app)  # fpt report (one line: merge-friendly)
 

@@ -15,7 +15,8 @@ from typing import Optional
 
 import typer
 
-from fpt.cli.attribution import EXIT_SOME_FAILED, _DEVICE_HELP, _EXTRACTOR_HELP, _GALLERY_HELP, _gallery_path
+from fpt.cli.attribution import EXIT_SOME_FAILED, _gallery_path
+from fpt.cli.options import DeviceOpt, ExtractorOpt, GalleryOpt
 
 
 def load_extractor(path: Optional[Path], device: str):
@@ -35,54 +36,56 @@ def _refuse_overwriting_inputs(out: Path, inputs: list[Path]) -> None:
             raise ConfigError("--out is one of the input files", path=out, hint="choose another file name")
 
 
+def report_cmd(
+    paths: list[Path] = typer.Argument(..., help="Probe images and/or folders (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (self-contained: figures embedded)."),
+    gallery: GalleryOpt = None,
+    top_k: int = typer.Option(5, "--top-k", "-k", help="Candidate models to list and plot."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the calibrated threshold."),
+    extractor: ExtractorOpt = None,
+    device: DeviceOpt = "auto",
+    windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    max_reference: int = typer.Option(64, "--max-reference",
+                                      help="Enrolled images per model used for its mean spectrum (if on disk)."),
+    json_out: bool = typer.Option(False, "--json", help="Also print the report's content as JSON to stdout."),
+) -> None:
+    """Write a case report an analyst can hand over: record, decision, evidence, limitations, reproduction."""
+    from fpt.casefile import build_case
+    from fpt.report import console, print_json, progress, warn
+    from fpt.report_html import case_json, render_case_html, write_text_atomic
+
+    gpath = _gallery_path(gallery)
+    for name, value in (("--top-k", top_k), ("--max-reference", max_reference)):
+        if value < 1:
+            from fpt.errors import ConfigError
+
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    _refuse_overwriting_inputs(out, [gpath, *paths] + ([extractor] if extractor else []))
+    ex = load_extractor(extractor, device)
+    with progress(transient=True, disable=json_out) as prog:
+        task = prog.add_task("examining", total=None)
+        case = build_case(paths, gpath, ex, top_k=top_k, threshold=threshold, windows=windows,
+                          batch_size=batch_size, max_reference=max_reference,
+                          command_line=["fpt", *sys.argv[1:]],
+                          on_total=lambda n: prog.update(task, total=n),
+                          on_done=lambda _p: prog.advance(task))
+    _refuse_overwriting_inputs(out, [Path(q.path) for q in case.probes])  # folders expanded now
+    written = write_text_atomic(out, render_case_html(case))
+    for p in case.failed:
+        warn(f"could not examine {p.error}" if p.path in (p.error or "") else f"could not examine {p.path}: {p.error}")
+    if json_out:
+        data = case_json(case)
+        data["html"] = str(written)
+        print_json(data)
+    else:
+        n = len(case.probes)
+        found = ", ".join(f"{q.name}: {q.decision.model}" for q in case.probes if q.decision is not None)
+        console.print(f"wrote case report on {n} probe(s) to {written}", markup=False)
+        console.print(found, markup=False, soft_wrap=True)
+    if case.failed:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("report")
-    def report_cmd(
-        paths: list[Path] = typer.Argument(..., help="Probe images and/or folders (searched recursively)."),
-        out: Path = typer.Option(..., "--out", "-o", help="HTML file to write (self-contained: figures embedded)."),
-        gallery: Optional[Path] = typer.Option(None, "--gallery", "-g", help=_GALLERY_HELP),
-        top_k: int = typer.Option(5, "--top-k", "-k", help="Candidate models to list and plot."),
-        threshold: Optional[float] = typer.Option(None, "--threshold", help="Override the calibrated threshold."),
-        extractor: Optional[Path] = typer.Option(None, "--extractor", help=_EXTRACTOR_HELP),
-        device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
-        windows: Optional[int] = typer.Option(None, "--windows", help="n for n x n windows (default: the checkpoint's)."),
-        batch_size: int = typer.Option(64, "--batch-size"),
-        max_reference: int = typer.Option(64, "--max-reference",
-                                          help="Enrolled images per model used for its mean spectrum (if on disk)."),
-        json_out: bool = typer.Option(False, "--json", help="Also print the report's content as JSON to stdout."),
-    ) -> None:
-        """Write a case report an analyst can hand over: record, decision, evidence, limitations, reproduction."""
-        from fpt.casefile import build_case
-        from fpt.report import console, print_json, progress, warn
-        from fpt.report_html import case_json, render_case_html, write_text_atomic
-
-        gpath = _gallery_path(gallery)
-        for name, value in (("--top-k", top_k), ("--max-reference", max_reference)):
-            if value < 1:
-                from fpt.errors import ConfigError
-
-                raise ConfigError(f"{name} must be at least 1, got {value}")
-        _refuse_overwriting_inputs(out, [gpath, *paths] + ([extractor] if extractor else []))
-        ex = load_extractor(extractor, device)
-        with progress(transient=True, disable=json_out) as prog:
-            task = prog.add_task("examining", total=None)
-            case = build_case(paths, gpath, ex, top_k=top_k, threshold=threshold, windows=windows,
-                              batch_size=batch_size, max_reference=max_reference,
-                              command_line=["fpt", *sys.argv[1:]],
-                              on_total=lambda n: prog.update(task, total=n),
-                              on_done=lambda _p: prog.advance(task))
-        _refuse_overwriting_inputs(out, [Path(q.path) for q in case.probes])  # folders expanded now
-        written = write_text_atomic(out, render_case_html(case))
-        for p in case.failed:
-            warn(f"could not examine {p.error}" if p.path in (p.error or "") else f"could not examine {p.path}: {p.error}")
-        if json_out:
-            data = case_json(case)
-            data["html"] = str(written)
-            print_json(data)
-        else:
-            n = len(case.probes)
-            found = ", ".join(f"{q.name}: {q.decision.model}" for q in case.probes if q.decision is not None)
-            console.print(f"wrote case report on {n} probe(s) to {written}", markup=False)
-            console.print(found, markup=False, soft_wrap=True)
-        if case.failed:
-            raise typer.Exit(EXIT_SOME_FAILED)
+    app.command("report")(report_cmd)

@@ -7,7 +7,6 @@ with its own real images, no hard-coded devices.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -264,7 +263,7 @@ def _estimate_normalisation(net: FingerprintNet, stream: FingerprintStream, devi
 # ------------------------------------------------------------------------------- training
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
+def train(cfg: TrainConfig, *, resume: bool = False,
           log: Callable[[str], None] = lambda _line: None,
           on_step: Callable[[int, int, str], None] | None = None,
           source: ModelSource | None = None, bank: CropBank | None = None, return_net: bool = False) -> TrainResult | None:
@@ -272,8 +271,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
 
     The core never prints: progress goes through callbacks, on rank 0 only: ``log(line)`` for
     messages (silent by default) and ``on_step(done, total, info)`` after every step (the CLI
-    draws its bar with it). Without ``on_step``, ``show_progress`` falls back to the report
-    layer's bar.
+    draws its bar with it); without ``on_step`` nothing is shown.
     """
     cfg.validate()
     world, rank, local = _dist_info()
@@ -371,12 +369,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
                                  "spec_std": net.transform.std, "config": _cfg_json(cfg),
                                  "images_per_s": rate_so_far()})
 
-    bar = contextlib.ExitStack()
     progress = on_step if is_main else None
-    if progress is None and is_main and show_progress:
-        from fpt.report import step_progress  # transitional default until every caller passes on_step
-
-        progress = bar.enter_context(step_progress("train", cfg.steps, start))
 
     net.train()
     t0 = time.perf_counter()
@@ -388,54 +381,51 @@ def train(cfg: TrainConfig, *, resume: bool = False, show_progress: bool = True,
 
     ema = None
     done = start
-    try:
-        for step in range(start, cfg.steps):
-            time_frac = 0.0
-            if cfg.max_minutes:
-                tf = torch.tensor([(wall_before + time.perf_counter() - t0) / (60.0 * cfg.max_minutes)])
-                if ddp:  # every rank must take the same decision
-                    dist.all_reduce(tf, op=dist.ReduceOp.MAX)
-                time_frac = float(tf)
-                if time_frac >= 1.0:
-                    if is_main:
-                        log(f"time budget of {cfg.max_minutes} min reached at step {step}: finishing")
-                    break
-            lr_now = cfg.lr * lr_factor(cfg, step, time_frac)
-            for group in opt.param_groups:
-                group["lr"] = lr_now
-            b = stream.batch(step)
-            x, y = b.images.to(device, non_blocking=True), b.labels.to(device)
-            opt.zero_grad(set_to_none=True)
-            with autocast_context(device, enabled=amp_dtype is not None):
-                out = model(x)
-                parts = combined_loss(out.logits, out.embedding, y, ce_weight=cfg.ce_weight,
-                                      triplet_weight=cfg.triplet_weight, margin=cfg.margin)
-            scaler.scale(parts.total).backward()
-            scaler.unscale_(opt)
-            # Clip *after* backward (the authors clipped before it, i.e. not at all).
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            scaler.step(opt)
-            scaler.update()
-            seen += x.shape[0] * world
-            loss = float(parts.total.detach())
-            ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-            done = step + 1
-            if progress is not None:
-                rate = seen / max(1e-9, time.perf_counter() - t0)
-                progress(done, cfg.steps, f"loss {ema:.3f} (ce {parts.ce:.2f} tri {parts.triplet:.3f}) {rate:.0f} img/s")
-            if is_main and (done % cfg.val_every == 0 or done == cfg.steps):
-                m = run_validation(done)
-                m.update(loss=round(ema, 4), lr=lr_now)
-                history.append(m)
-                msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
-                log(f"val {msg}")
-            if done % cfg.ckpt_every == 0 and done < cfg.steps:
+    for step in range(start, cfg.steps):
+        time_frac = 0.0
+        if cfg.max_minutes:
+            tf = torch.tensor([(wall_before + time.perf_counter() - t0) / (60.0 * cfg.max_minutes)])
+            if ddp:  # every rank must take the same decision
+                dist.all_reduce(tf, op=dist.ReduceOp.MAX)
+            time_frac = float(tf)
+            if time_frac >= 1.0:
                 if is_main:
-                    save_state(done, wall_before + time.perf_counter() - t0)
-                if ddp:
-                    dist.barrier()
-    finally:
-        bar.close()
+                    log(f"time budget of {cfg.max_minutes} min reached at step {step}: finishing")
+                break
+        lr_now = cfg.lr * lr_factor(cfg, step, time_frac)
+        for group in opt.param_groups:
+            group["lr"] = lr_now
+        b = stream.batch(step)
+        x, y = b.images.to(device, non_blocking=True), b.labels.to(device)
+        opt.zero_grad(set_to_none=True)
+        with autocast_context(device, enabled=amp_dtype is not None):
+            out = model(x)
+            parts = combined_loss(out.logits, out.embedding, y, ce_weight=cfg.ce_weight,
+                                  triplet_weight=cfg.triplet_weight, margin=cfg.margin)
+        scaler.scale(parts.total).backward()
+        scaler.unscale_(opt)
+        # Clip *after* backward (the authors clipped before it, i.e. not at all).
+        torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+        scaler.step(opt)
+        scaler.update()
+        seen += x.shape[0] * world
+        loss = float(parts.total.detach())
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+        done = step + 1
+        if progress is not None:
+            rate = seen / max(1e-9, time.perf_counter() - t0)
+            progress(done, cfg.steps, f"loss {ema:.3f} (ce {parts.ce:.2f} tri {parts.triplet:.3f}) {rate:.0f} img/s")
+        if is_main and (done % cfg.val_every == 0 or done == cfg.steps):
+            m = run_validation(done)
+            m.update(loss=round(ema, 4), lr=lr_now)
+            history.append(m)
+            msg = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
+            log(f"val {msg}")
+        if done % cfg.ckpt_every == 0 and done < cfg.steps:
+            if is_main:
+                save_state(done, wall_before + time.perf_counter() - t0)
+            if ddp:
+                dist.barrier()
     wall = wall_before + time.perf_counter() - t0
     rate = rate_so_far()
 
