@@ -63,6 +63,7 @@ def register(app: typer.Typer) -> None:
         seeds: int = typer.Option(1, "--seeds", help="Seeds per FD architecture (paper: 20)."),
         seed_start: int = typer.Option(0, "--seed-start", help="First seed number."),
         arch: str = typer.Option("*", "--arch", help="FD architectures: fnmatch pattern(s), comma-separated, e.g. 'K1-*-deconv-*'; 'none' for no FD models."),
+        ld_arch: str = typer.Option("none", "--ld-arch", help="Latent-decoder architectures (extension, DESIGN §2b): fnmatch pattern(s) such as 'LD-*' or 'LD-f8-*-gn-*'; 'none' (default) for none. Train them on --size >= 64."),
         blocks: str = typer.Option("1,2", "--blocks", help="FD down/up block counts K (paper: 1,2; 3 adds x8 up-sampling stacks like latent-diffusion decoders)."),
         grid_depths: str = typer.Option("3,4,5", "--grid-depths", help="Grid generator depths, e.g. 3,4,5; 'none' for no grid models."),
         grid_seeds: int = typer.Option(1, "--grid-seeds", help="Seeds per grid depth (paper: 500)."),
@@ -73,6 +74,7 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(5e-3, "--lr", help="Adam learning rate."),
         max_steps: int = typer.Option(300, "--max-steps", help="Step cap per model (training stops earlier at the target)."),
         target: float = typer.Option(0.005, "--target", help="FD stop target: reconstruction MSE."),
+        patience: int = typer.Option(0, "--patience", help="Plateau rule (FD / latent decoders): also stop after this many held-out checks (every 10 steps) without a 2%% improvement; 0 = off."),
         crops: int = typer.Option(2048, "--crops", help="Pre-decoded crops shared by all models."),
         max_images: int = typer.Option(0, "--max-images", help="Use at most this many images (0 = all)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:n]"),
@@ -87,7 +89,7 @@ def register(app: typer.Typer) -> None:
         from fpt.errors import ConfigError
         from fpt.report import err_console, print_json, progress, warn
         from fpt.synth.pool import build_pool, summarise
-        from fpt.synth.space import grid_space, select_archs
+        from fpt.synth.space import grid_space, select_archs, select_ld_archs
         from fpt.synth.train import CropBank, TrainConfig, parse_shard, plan_jobs, shard_jobs
 
         if not images:
@@ -95,10 +97,14 @@ def register(app: typer.Typer) -> None:
                               hint="e.g. fpt synth --images photos/ --out pool.h5 (see fpt synth --help)")
         dev = select_device(device)
         cfg = TrainConfig(size=size, width=width, kernel=kernel, batch=batch, lr=lr, max_steps=max_steps,
-                          target=target, channels_last=channels_last)
+                          target=target, patience=patience, channels_last=channels_last)
         fd_archs = [] if arch.strip().lower() == "none" else select_archs(arch, blocks=tuple(_parse_ints(blocks, "--blocks", "1,2,3")))
+        ld_archs = select_ld_archs(ld_arch)
+        if ld_archs and size < 16 * max(a.F for a in ld_archs) // 4:
+            raise ConfigError(f"--size {size} leaves latent decoders a latent grid under 4 x 4",
+                              hint="use --size 64 (f16 -> 4 x 4 latent) or more")
         grid_archs = grid_space(_parse_ints(grid_depths, "--grid-depths"))
-        jobs = plan_jobs(fd_archs, _seeds(seeds, seed_start), grid_archs, _seeds(grid_seeds, seed_start))
+        jobs = plan_jobs(fd_archs + ld_archs, _seeds(seeds, seed_start), grid_archs, _seeds(grid_seeds, seed_start))
         i, n = parse_shard(shard)
         jobs = shard_jobs(jobs, i, n)
         if not jobs:
