@@ -158,3 +158,12 @@ def test_fingerprint_of_a_latent_decoder_is_its_reconstruction():
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(fingerprint(m, spec, x), m(x).clamp(0, 1))
+
+
+def test_ffd_ablation_subsets_keep_latent_decoders_out_of_the_paper_sets():
+    from fpt.metrics.ffd import ablation_subsets
+
+    ids = ["K1-L1-post-nearest-none-none/s000", "grid-D3/s000", "LD-f8-z4-nearest-res-none-silu-ae/s000"]
+    subsets = ablation_subsets(ids)
+    assert subsets["All"] == ["K1-L1-post-nearest-none-none/s000"]
+    assert all("LD-f8-z4-nearest-res-none-silu-ae/s000" not in v for v in subsets.values())

@@ -253,9 +253,12 @@ def _register_ffd(synth: typer.Typer) -> None:
                                  on_model=lambda _: bar.advance(task))
         idx = {m: i for i, m in enumerate(syn.names)}
         rows = []
-        fd_ids = [m for m in syn.names if not m.startswith("grid-")]
+        fd_ids = [m for m in syn.names if not m.startswith(("grid-", "LD-"))]
         grid_ids = [m for m in syn.names if m.startswith("grid-")]
-        sets = ablation_subsets(syn.names) if ablation else {"All": fd_ids}
+        ld_ids = [m for m in syn.names if m.startswith("LD-")]
+        sets = ablation_subsets(syn.names) if ablation else ({"All": fd_ids} if fd_ids else {})
+        if ld_ids:
+            sets["latent decoders"] = ld_ids
         if grid_ids:
             sets["grid generators"] = grid_ids
             sets["FD + grid"] = list(syn.names)
