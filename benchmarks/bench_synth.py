@@ -12,6 +12,13 @@ Both train the same architectures and seeds at --size px (default 128) towards t
 Prints seconds per model for both, the ratio, the share of models that reached the target, a
 channels-last micro-measurement (per-step time, same model) and the projected CPU-hours for the
 paper's 5760-model pool. Usage: python benchmarks/bench_synth.py [--images DIR] [--models 4]
+
+Reach-target study (issue 14): ``--archs`` picks any ids (paper FD, grid or latent-decoder ``LD-*``),
+``--patience N`` turns on the plateau rule, ``--no-plain`` skips the naive loop, e.g.
+  python benchmarks/bench_synth.py --size 32 --width 16 --batch 16 --max-steps 100 --no-plain
+  python benchmarks/bench_synth.py --size 32 --width 16 --batch 16 --max-steps 1000 --patience 5 --no-plain
+  python benchmarks/bench_synth.py --archs 'LD-f8-z4-nearest-res-gn-silu-ae,LD-f16-z4-deconv-plain-none-silu-vq' \
+      --size 64 --width 8 --batch 8 --max-steps 50 --no-plain
 """
 
 from __future__ import annotations
@@ -100,11 +107,18 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=150)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--crops", type=int, default=256)
+    ap.add_argument("--archs", default=None, help="comma-separated architecture ids (overrides --models)")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=5e-3, help="Adam lr (fpt synth's default)")
+    ap.add_argument("--patience", type=int, default=0, help="plateau rule: checks without a 2%% gain (0 = off)")
+    ap.add_argument("--no-plain", action="store_true", help="skip the naive-loop comparison")
     args = ap.parse_args()
 
-    archs, seeds = ARCHS[: args.models], [0]
+    archs = [a.strip() for a in args.archs.split(",")] if args.archs else ARCHS[: args.models]
+    seeds = [0]
     files = find_images(args.images)
-    cfg = TrainConfig(size=args.size, batch=args.batch, max_steps=args.max_steps)
+    cfg = TrainConfig(size=args.size, batch=args.batch, max_steps=args.max_steps, width=args.width, lr=args.lr,
+                      patience=args.patience)
     n = len(archs) * len(seeds)
     print(f"{n} models ({', '.join(archs)}), {args.size}px crops, batch {args.batch}, cap {args.max_steps} steps, "
           f"{len(files)} images from {args.images}, {os.cpu_count()} cores")
@@ -123,6 +137,14 @@ def main() -> None:
     steps = [r.steps for r in trained]
     print(f"fpt pipeline : {t_ours / n:7.1f} s/model wall (bank {t_bank:.1f} s), {reached}/{n} reached target, "
           f"steps {steps}, losses {[round(r.final_loss, 4) for r in trained]}")
+    cpu_s_per_model = t_ours * args.workers / n
+    train_s = sum(r.wall_s for r in trained) / n
+    print(f"projection   : {cpu_s_per_model:.1f} CPU-core-s/model ({train_s:.1f} s training only) -> 5760 models = "
+          f"{5760 * cpu_s_per_model / 3600:.1f} CPU-core-hours "
+          f"({5760 * cpu_s_per_model / 3600 / max(1, os.cpu_count() or 1):.1f} h on this machine); "
+          f"paper: 83 s/model on one RTX 3090 = 133 GPU-hours")
+    if args.no_plain:
+        return
 
     t_plain, losses = plain_loop(archs, seeds, files, cfg, threads=os.cpu_count() or 1)
     reached_plain = sum(v <= cfg.target for v in losses)
@@ -133,11 +155,6 @@ def main() -> None:
     cl = channels_last_step_time(cfg, bank)
     print(f"channels-last: {cl['channels_last'] * 1e3:.0f} ms/step vs contiguous {cl['contiguous'] * 1e3:.0f} ms/step "
           f"({cl['contiguous'] / cl['channels_last']:.2f}x) (fpt default: channels-last on)")
-
-    cpu_s_per_model = t_ours * args.workers / n
-    print(f"projection   : {cpu_s_per_model:.1f} CPU-core-s/model -> 5760 models = {5760 * cpu_s_per_model / 3600:.0f} "
-          f"CPU-core-hours ({5760 * cpu_s_per_model / 3600 / max(1, os.cpu_count() or 1):.0f} h on this machine); "
-          f"paper: 83 s/model on one RTX 3090 = 133 GPU-hours")
 
 
 if __name__ == "__main__":

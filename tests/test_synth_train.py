@@ -99,3 +99,29 @@ def test_crop_bank_from_folder(tmp_path):
     assert CropBank.from_folder(tmp_path, 16, n_crops=10).digest() == bank.digest()
     with pytest.raises(ConfigError):
         TrainConfig(size=18)
+
+
+def test_plateau_rule_stops_a_model_that_stopped_improving():
+    bank = smooth_bank()
+    spec = parse_arch_id("K1-L1-post-nearest-none-none")
+    # an unreachable target: without the rule the model runs to the cap ...
+    capped = TrainConfig(size=16, width=4, batch=8, lr=5e-3, max_steps=400, target=1e-12)
+    _, rec_cap = train_one(spec, 0, bank, capped)
+    assert rec_cap.steps == 400 and not rec_cap.reached_target
+    # ... with it, it stops once 3 held-out checks in a row improve by less than 50 %
+    plateau = TrainConfig(size=16, width=4, batch=8, lr=5e-3, max_steps=400, target=1e-12, patience=3, plateau_rel=0.5)
+    _, rec = train_one(spec, 0, bank, plateau)
+    assert 30 <= rec.steps < 400 and not rec.reached_target
+    assert np.isfinite(rec.final_loss)
+    with pytest.raises(ConfigError):
+        TrainConfig(patience=-1)
+
+
+def test_pool_config_leaves_out_the_plateau_rule_when_off():
+    from fpt.synth.pool import pool_config
+
+    bank = smooth_bank()
+    off = pool_config(TrainConfig(size=16), bank)
+    assert "patience" not in off and "plateau_rel" not in off  # older pools still resume
+    on = pool_config(TrainConfig(size=16, patience=5), bank)
+    assert on["patience"] == 5 and on["plateau_rel"] == 0.02

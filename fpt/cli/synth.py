@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
         seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per FD architecture (paper: 20)."),
         seed_start: int = typer.Option(0, "--seed-start", min=0, help="First seed number."),
         arch: str = typer.Option("*", "--arch", help="FD architectures: fnmatch pattern(s), comma-separated, e.g. 'K1-*-deconv-*'; 'none' for no FD models."),
+        ld_arch: str = typer.Option("none", "--ld-arch", help="Latent-decoder architectures (extension, DESIGN §2b): fnmatch pattern(s) such as 'LD-*' or 'LD-f8-*-gn-*'; 'none' (default) for none. Train them on --size >= 64."),
         blocks: str = typer.Option("1,2", "--blocks", help="FD down/up block counts K (paper: 1,2; 3 adds x8 up-sampling stacks like latent-diffusion decoders)."),
         grid_depths: str = typer.Option("3,4,5", "--grid-depths", help="Grid generator depths, e.g. 3,4,5; 'none' for no grid models."),
         grid_seeds: int = typer.Option(1, "--grid-seeds", min=0, help="Seeds per grid depth (paper: 500)."),
@@ -78,6 +79,7 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(5e-3, "--lr", callback=POSITIVE, help="Adam learning rate."),
         max_steps: int = typer.Option(300, "--max-steps", min=1, help="Step cap per model (training stops earlier at the target)."),
         target: float = typer.Option(0.005, "--target", callback=POSITIVE, help="FD stop target: reconstruction MSE."),
+        patience: int = typer.Option(0, "--patience", min=0, help="Plateau rule (FD / latent decoders): also stop after this many held-out checks (every 10 steps) without a 2%% improvement; 0 = off."),
         crops: int = typer.Option(2048, "--crops", min=1, help="Pre-decoded crops shared by all models."),
         max_images: int = typer.Option(0, "--max-images", min=0, help="Use at most this many images (0 = all)."),
         device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -98,16 +100,20 @@ def register(app: typer.Typer) -> None:
         from fpt.devices import select_device
         from fpt.report import err_console, print_json, progress, warn
         from fpt.synth.pool import build_pool, summarise
-        from fpt.synth.space import grid_space, select_archs
+        from fpt.synth.space import grid_space, select_archs, select_ld_archs
         from fpt.scan import shard_spec
         from fpt.synth.train import CropBank, TrainConfig, plan_jobs, shard_jobs
 
         dev = select_device(device)
         cfg = TrainConfig(size=size, width=width, kernel=kernel, batch=batch, lr=lr, max_steps=max_steps,
-                          target=target, channels_last=channels_last)
+                          target=target, patience=patience, channels_last=channels_last)
         fd_archs = [] if arch.strip().lower() == "none" else select_archs(arch, blocks=tuple(_parse_ints(blocks, "--blocks", "1,2,3")))
+        ld_archs = select_ld_archs(ld_arch)
+        if ld_archs and size < 16 * max(a.F for a in ld_archs) // 4:
+            raise ConfigError(f"--size {size} leaves latent decoders a latent grid under 4 x 4",
+                              hint="use --size 64 (f16 -> 4 x 4 latent) or more")
         grid_archs = grid_space(_parse_ints(grid_depths, "--grid-depths"))
-        jobs = plan_jobs(fd_archs, _seeds(seeds, seed_start), grid_archs, _seeds(grid_seeds, seed_start))
+        jobs = plan_jobs(fd_archs + ld_archs, _seeds(seeds, seed_start), grid_archs, _seeds(grid_seeds, seed_start))
         # --shard i/n and torchrun ranks combine into one flat part (fpt.scan.shard_spec): every
         # rank of every shard trains its own models into the same pool (its journal + lock make
         # concurrent writers safe), so torchrun needs no merge step
@@ -259,9 +265,12 @@ def _register_ffd(synth: typer.Typer) -> None:
                                  on_model=lambda _: bar.advance(task))
         idx = {m: i for i, m in enumerate(syn.names)}
         rows = []
-        fd_ids = [m for m in syn.names if not m.startswith("grid-")]
+        fd_ids = [m for m in syn.names if not m.startswith(("grid-", "LD-"))]
         grid_ids = [m for m in syn.names if m.startswith("grid-")]
-        sets = ablation_subsets(syn.names) if ablation else {"All": fd_ids}
+        ld_ids = [m for m in syn.names if m.startswith("LD-")]
+        sets = ablation_subsets(syn.names) if ablation else ({"All": fd_ids} if fd_ids else {})
+        if ld_ids:
+            sets["latent decoders"] = ld_ids
         if grid_ids:
             sets["grid generators"] = grid_ids
             sets["FD + grid"] = list(syn.names)

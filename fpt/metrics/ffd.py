@@ -156,7 +156,8 @@ def ablation_subsets(model_ids: Sequence[str]) -> dict[str, list[str]]:
     """Paper 001 Table II sub-spaces of a pool's FD models ("All", "w/o K" ... "w/o seed")."""
     from fpt.synth.space import ABLATIONS, parse_arch_id
 
-    fd = [m for m in model_ids if not m.startswith("grid-")]
+    # FD models only: grid generators and latent decoders (extension) have no paper factors
+    fd = [m for m in model_ids if parse_arch_id(m).family == "fd"]
     subsets = {"All": fd}
     for name, pred in ABLATIONS.items():
         subsets[name] = [m for m in fd if pred(parse_arch_id(m))]

@@ -352,6 +352,10 @@ def pool_config(cfg, bank) -> dict:
     c = asdict(cfg)
     c.pop("amp", None)
     c.pop("channels_last", None)  # a speed lever (float rounding only), not a model setting
+    if not c.get("patience"):
+        # plateau rule off: leave its keys out so pools built before it existed still resume / merge
+        c.pop("patience", None)
+        c.pop("plateau_rel", None)
     c["crops"] = bank.digest()
     from fpt.synth.nets import IO_RANGE
 

@@ -52,6 +52,8 @@ class TrainConfig:
     grid_target: float = 0.005     # grid: mean |output| to reach
     grid_tolerance: float = 0.1    # grid: relative tolerance on that magnitude
     check_every: int = 10          # evaluate the stop criterion every n steps
+    patience: int = 0              # FD plateau rule: stop after this many held-out checks without a
+    plateau_rel: float = 0.02      # ... relative improvement of plateau_rel (0 = off: target or cap only)
     val_batch: int = 32            # held-out crops for the FD stop criterion
     channels_last: bool = True    # measured 1.1-1.2x per step on CPU (bench_synth.py)
     amp: bool = True               # CUDA only
@@ -61,6 +63,8 @@ class TrainConfig:
             raise ConfigError(f"crop size must be a multiple of 4 and >= 8, got {self.size}")
         if self.max_steps < 1 or self.batch < 1 or self.width < 1:
             raise ConfigError("max_steps, batch and width must be positive")
+        if self.patience < 0 or not 0 <= self.plateau_rel < 1:
+            raise ConfigError("patience must be >= 0 and plateau_rel in [0, 1)")
 
 
 @dataclass
@@ -211,7 +215,8 @@ def train_one(spec: ArchSpec, seed: int, bank: CropBank, cfg: TrainConfig = Trai
             x = crops[idx].to(device, non_blocking=True, memory_format=fmt)
             with autocast_context(device, use_amp):
                 loss = (model(x).float() - x).square().mean()
-            return loss, loss
+            aux = getattr(model, "aux_loss", None)  # VQ latent decoders: codebook + commitment
+            return (loss + aux if aux is not None else loss), loss
 
         def criterion() -> tuple[float, bool]:
             model.eval()
@@ -222,6 +227,9 @@ def train_one(spec: ArchSpec, seed: int, bank: CropBank, cfg: TrainConfig = Trai
 
     model.train()
     step, final, reached = 0, float("nan"), False
+    # plateau rule (FD / latent decoders): the best held-out loss so far and checks since it improved
+    plateau = cfg.patience > 0 and not spec.is_grid
+    best, stale = math.inf, 0
     while step < cfg.max_steps:
         opt.zero_grad(set_to_none=True)
         loss, monitored = batch_loss()
@@ -233,10 +241,18 @@ def train_one(spec: ArchSpec, seed: int, bank: CropBank, cfg: TrainConfig = Trai
             m = float(monitored.detach())
             # the cheap training-batch value gates the held-out check
             close = (m <= cfg.target * 1.2) if not spec.is_grid else abs(m - cfg.grid_target) <= 2 * cfg.grid_tolerance * cfg.grid_target
-            if close or step == cfg.max_steps:
+            if close or step == cfg.max_steps or plateau:
                 final, reached = criterion()
                 if reached:
                     break
+                if plateau:
+                    # a model that stopped improving keeps its fingerprint: more steps only cost time
+                    if final < best * (1.0 - cfg.plateau_rel):
+                        best, stale = final, 0
+                    else:
+                        stale += 1
+                        if stale >= cfg.patience:
+                            break
     if math.isnan(final):
         final, reached = criterion()
     model.eval()
