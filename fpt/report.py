@@ -108,15 +108,53 @@ def print_table(
     console_: Console | None = None,
     caption: str | None = None,
 ) -> Table:
-    """Print a Rich table; cells go through :func:`format_value`. Returns the table."""
+    """Print a Rich table; cells go through :func:`format_value`. Returns the table.
+
+    A column whose cells are all numbers never wraps; text columns fold instead (keeping up to 12
+    characters a line). When even that does not fit the terminal (narrow, or a pipe at 80
+    columns) each row is printed as its own two-column block, so no number is split over lines.
+    """
+    out = console_ or console
+    cells = [[visible(format_value(v)) for v in row] for row in rows]
+    numeric, widths = [], []
+    for i, col in enumerate(columns):
+        num = bool(cells) and all(i < len(r) and _is_number_cell(r[i]) for r in cells)
+        longest = max((len(r[i]) for r in cells if i < len(r)), default=0)
+        header = max((len(w) for w in str(col).split()), default=0)
+        numeric.append(num)
+        widths.append(max(longest, header) if num else max(min(longest, 12), min(header, 12)))
+    if sum(widths) + 3 * len(columns) + 1 > out.width and len(columns) > 2:
+        table = Table(title=title, caption=caption, show_header=False)
+        table.add_column(justify="left", overflow="ellipsis", no_wrap=True, max_width=max(8, out.width // 2 - 4))
+        table.add_column(justify="left", overflow="fold", min_width=max(widths[i] for i in range(len(columns))
+                                                                         if numeric[i]) if any(numeric) else None)
+        for k, row in enumerate(cells):
+            if k:
+                table.add_section()
+            for col, cell in zip(columns, row):
+                table.add_row(str(col), cell)
+        out.print(table)
+        return table
     table = Table(title=title, caption=caption, show_lines=False)
     for i, col in enumerate(columns):
         # Left-align the first (label) column, right-align the rest (mostly numbers).
-        table.add_column(str(col), justify="left" if i == 0 else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*(visible(format_value(v)) for v in row))
-    (console_ or console).print(table)
+        table.add_column(str(col), justify="left" if i == 0 else "right", overflow="fold", no_wrap=numeric[i],
+                         min_width=widths[i])
+    for row in cells:
+        table.add_row(*row)
+    out.print(table)
     return table
+
+
+def _is_number_cell(text: str) -> bool:
+    """A cell that :func:`format_value` made from a number (or a missing one)."""
+    if text in ("-", "nan", "inf", "-inf"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def to_jsonable(obj: Any) -> Any:
