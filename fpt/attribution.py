@@ -107,7 +107,8 @@ def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshol
                         paths: list[str | None] | None = None, low_confidence: np.ndarray | None = None,
                         cohort: Cohort | None = None, min_log10_lr: float = DEFAULT_MIN_LOG10_LR,
                         lr_from: str = "gallery",
-                        fingerprints: tuple[list[str], np.ndarray] | None = None) -> list[Identification]:
+                        fingerprints: tuple[list[str], np.ndarray] | None = None,
+                        lr_calibration: LogisticCalibration | None = None) -> list[Identification]:
     """Rank the gallery's models for each row of ``emb`` and decide model or unknown.
 
     ``lr_from="gallery"``: models are ranked by raw cosine and the LR comes from
@@ -117,8 +118,9 @@ def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshol
     raw-cosine ``threshold`` overrides the LR decision (LRs are still reported); with no LR
     available the gallery's calibrated raw threshold decides (if it has none, every probe is
     attributed to its best model and the caller should warn). The normalised score is reported
-    whenever a calibrated cohort is given. ``fingerprints`` is ``g.fingerprint_matrix()`` computed
-    once by callers that identify chunk after chunk.
+    whenever a calibrated cohort is given. ``fingerprints`` (``g.fingerprint_matrix()``) and
+    ``lr_calibration`` (:func:`gallery_lr_calibration`) are computed once by callers that identify
+    chunk after chunk: both depend on the gallery only.
     """
     from fpt.calibration import normalised_scores, verbal_scale
 
@@ -141,7 +143,7 @@ def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshol
         rank = norm
         lrs = cohort.calibration.for_sizes(1, _model_images(g)).log10_lr(norm)
     elif lr_from == "gallery":
-        cal = gallery_lr_calibration(g)
+        cal = lr_calibration if lr_calibration is not None else gallery_lr_calibration(g)
         lrs = cal.log10_lr(sims) if cal is not None else None
     use_lr = lrs is not None and threshold is None
     t = None if use_lr else (threshold if threshold is not None else (g.calibration.threshold if g.calibration else None))

@@ -311,7 +311,12 @@ def scan_identify(files: Sequence[Path], out: str | Path, gallery, ex, *, fmt: s
     k = max(1, min(top_k, len(gallery.models)))
     template = identification_record(Identification("", "", 0.0, "", [("", 0.0)] * k, None))
 
-    fingerprints = gallery.fingerprint_matrix()  # once, not per chunk: O(models x images per model)
+    from fpt.attribution import gallery_lr_calibration
+
+    # once, not per chunk: both depend on the gallery only (O(models x images per model))
+    fingerprints = gallery.fingerprint_matrix()
+    if decision.get("lr_from", "gallery") == "gallery":
+        decision = {**decision, "lr_calibration": gallery_lr_calibration(gallery)}
 
     def make(embs: list) -> list[dict]:
         res = identify_embeddings(gallery, np.stack([r.embedding for r in embs]), top_k=top_k, threshold=threshold,
