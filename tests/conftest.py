@@ -29,3 +29,14 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """The small FakeExtractor of test_embed in place of the real one, for in-process CLI calls."""
+    import fpt.cli.attribution as cli_attr
+    from test_embed import FakeExtractor
+
+    ex = FakeExtractor()
+    monkeypatch.setattr(cli_attr, "load_extractor", lambda path, device: ex)
+    return ex

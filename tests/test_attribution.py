@@ -22,13 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 N_MODELS = 4
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    ex = FakeExtractor()
-    monkeypatch.setattr(cli_attr, "load_extractor", lambda path, device: ex)
-    return ex
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")

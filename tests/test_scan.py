@@ -13,21 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_embed import FakeExtractor, real_extractor, write_model_folder
+from test_embed import real_extractor, write_model_folder
 
-import fpt.cli.attribution as cli_attr
 from fpt.cli import main
 from fpt.scan import merge_parts, part_path, shard_bounds, shard_spec, summarise_file
 from fpt.storage import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    ex = FakeExtractor()
-    monkeypatch.setattr(cli_attr, "load_extractor", lambda path, device: ex)
-    return ex
 
 
 @pytest.fixture(scope="module")
