@@ -84,20 +84,23 @@ def _model_images(g: Gallery) -> int:
 LR_SOURCES = ("gallery", "cohort")
 
 
-def gallery_lr_calibration(g: Gallery) -> LogisticCalibration | None:
+def gallery_lr_calibration(g: Gallery, scores: tuple[np.ndarray, np.ndarray] | None = None
+                           ) -> LogisticCalibration | None:
     """Logistic raw-cosine -> log10 LR map fitted on the gallery's own leave-one-out trials.
 
     Targets: each enrolled image against its model's fingerprint rebuilt without it; non-targets:
     its best score against the other models (the "not enrolled" case). In-domain for the
     gallery's generators, and never fitted on the probes being judged. None when the gallery
     cannot supply both kinds of trial (fewer than two models, or no model with 2+ images).
+    ``scores`` = (genuine, impostor) of :func:`fpt.gallery.calibration_scores`, for callers that
+    already computed them.
     """
     from fpt.calibration import fit_logistic
     from fpt.gallery import calibration_scores
 
     if len(g.models) < 2:
         return None
-    gen, imp, _ = calibration_scores(g)
+    gen, imp = scores if scores is not None else calibration_scores(g)[:2]
     if gen.size < 2 or imp.size < 2:
         return None
     return fit_logistic(gen, imp)

@@ -34,7 +34,7 @@ import torch
 
 from fpt import __version__
 from fpt.spectrum.analysis import SpectrumArrays, analyse_paths, analyse_tensor, resolve_residual
-from fpt.attribution import UNKNOWN, identify_embeddings
+from fpt.attribution import UNKNOWN, gallery_lr_calibration, identify_embeddings
 from fpt.errors import EmptyInputError, InputError
 from fpt.extractor.embed import EmbedFailure, ExtractorLike, ImageEmbedding, iter_embeddings
 from fpt.gallery import Gallery, calibration_scores, load_gallery, now_iso
@@ -454,7 +454,8 @@ def build_case(
         raise EmptyInputError(f"none of the {len(results)} probe image(s) could be read",
                               hint="; ".join(r.reason for r in results[:3]))  # type: ignore[union-attr]
     ids = identify_embeddings(g, np.stack([r.embedding for r in ok]), top_k=top_k, threshold=threshold,
-                              paths=[str(r.path) for r in ok])
+                              paths=[str(r.path) for r in ok],
+                              lr_calibration=gallery_lr_calibration(g, (gen, imp)))  # the scores above, once
     by_path = {r.path: i for r, i in zip(ok, ids)}
     if ids[0].min_log10_lr is not None:  # the decision layer decided on its calibrated likelihood ratio
         record.threshold_used = None
