@@ -257,6 +257,103 @@ def step_progress(label: str, total: int, completed: int = 0, *, disable: bool =
         yield on_step
 
 
+@contextlib.contextmanager
+def pool_progress(out: str | Path) -> Iterator[tuple[Callable[[int, int], None], Callable[[Any], None]]]:
+    """A bar for ``fpt synth``'s pool build. Yields the ``(on_start, on_done)`` callbacks of
+    :func:`fpt.synth.pool.build_pool`: models still to train (and how many the pool already
+    holds), then one finished model record at a time."""
+    with progress() as bar:
+        task = bar.add_task("training", total=None)
+
+        def on_start(todo: int, skipped: int) -> None:
+            if skipped:
+                err_console.print(f"resuming: {skipped} models already in {literal(out)}")
+            bar.update(task, total=todo)
+
+        def on_done(rec: Any) -> None:
+            mark = "ok" if rec.reached_target else "cap"
+            bar.update(task, advance=1, description=f"{rec.model_id} {mark} {rec.final_loss:.4f}")
+
+        yield on_start, on_done
+
+
+def render_pool_summary(rows: list[Mapping[str, Any]], title: str) -> None:
+    """``fpt synth``'s per-group table of a pool (fpt.synth.pool.summarise rows)."""
+    cols = ["group", "models", "archs", "reached", "loss p10", "loss p50", "loss p90",
+            "steps", "s/model", "CPU-s"]
+    print_table(title, cols, [[r["group"], r["models"], r["archs"], f"{100 * r['reached']:.1f}%",
+                               r["loss_p10"], r["loss_p50"], r["loss_p90"], r["steps_p50"],
+                               r["wall_s_p50"], r["wall_s_total"]] for r in rows],
+                caption="reached: share at target; loss: FD = reconstruction MSE (target 0.005), "
+                        "grid = mean |noise| (target 0.005); steps, s/model: medians; CPU-s: total")
+
+
+def render_pool_ffd(result: Any, pool: str | Path, real: str | Path, *, n: int, size: int, residual: str) -> None:
+    """``fpt synth ffd``'s tables (a fpt.metrics.ffd.PoolFFD)."""
+    print_table(f"FFD of {Path(pool).name} vs {len(result.real.names)} real models in {real}",
+                ["synthetic set", "models", "FFD"], [[r["set"], r["models"], r["ffd"]] for r in result.rows],
+                caption=f"{n} images/model, {size}-px centre crops, {residual} residual, log-AI min-max")
+    if result.per_model:
+        print_table(None, ["real model", "L2 to synthetic mean"],
+                    [[r["real_model"], r["l2_to_pool_mean"]] for r in result.per_model])
+
+
+def _cell4(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _rounded(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items() if k != "lr"}
+    return round(v, 4) if isinstance(v, float) else v
+
+
+def render_train_result(result: Any) -> None:
+    """``fpt train``'s held-out table (a fpt.extractor.train.TrainResult)."""
+    t = Table(title=f"fpt train: {literal(result.out)}  (sha256 {result.sha256[:12]})")
+    t.add_column("held-out architectures")
+    t.add_column(f"crops: extractor ({result.embed_from})", justify="right")
+    t.add_column("crops: azimuthal-integral baseline", justify="right")
+    if result.whitened:
+        t.add_column("whole images: extractor", justify="right")
+        t.add_column("whole images: + whitening (saved)", justify="right")
+    for key, label in (("auc", "verification AUC (N_S=1)"), ("id_acc_10shot", "10-shot identification acc")):
+        w = [_cell4(result.unwhitened.get(key, "-")), _cell4(result.whitened.get(key, "-"))] if result.whitened else []
+        t.add_row(label, _cell4(result.chosen.get(key, "-")), _cell4(result.baseline.get(key, "-")), *w)
+    console.print(t)
+    console.print(f"{result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s); "
+                  f"{result.n_train_models} training models, {result.n_val_models} held-out models")
+
+
+def render_extractor_info(info: Mapping[str, Any]) -> None:
+    """``fpt extractor-info``'s table (fpt.extractor.checkpoint.Extractor.describe())."""
+    t = Table(title=f"extractor {literal(info['path'])}", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    t.add_row("sha256", info["sha256"])
+    n, p, c = info["network"], info["preprocessing"], info["training"]
+    t.add_row("network", f"{n['backbone']} x{n['width']} ({n['stem']} stem), {info['embedding_dim']}-d embedding "
+              f"from the {n.get('embed_from', 'projection')}")
+    t.add_row("preprocessing", f"{p['residual']} residual -> {'luma' if p['grey'] else 'per-channel RGB'} "
+              f"{p['spectrum']} DFT, {p['crop_size']}px crops, {p['windows']}x{p['windows']} windows")
+    t.add_row("whitening", (f"yes: within-model covariance of {c.get('whiten_models', '?')} training models, "
+                            f"shrinkage {c.get('whiten_shrinkage', '?')}") if info["whitening"] else "none")
+    if c.get("untrained"):
+        t.add_row("training", "UNTRAINED placeholder")
+    else:
+        # validation_whitening: held-out archs on held-out photos, without / with whitening
+        labels = {"heldout_archs": "held-out archs", "validation_whitening": "whole images"}
+        for key in ("preset", "pool", "residual", "steps_done", "P", "K", "lr", "seed", "world_size", "wall_s",
+                    "train_models", "heldout_archs", "validation", "baseline", "validation_whitening"):
+            if key not in c:
+                continue
+            v = c[key]
+            if key == "heldout_archs":
+                v = f"{len(v)} architectures (validation only)"
+            t.add_row(labels.get(key, key), literal(json.dumps(_rounded(v)) if isinstance(v, (dict, list)) else str(v)))
+    console.print(t)
+
+
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, tight: bool = True) -> Path:
     """Save a matplotlib figure atomically as PNG (or any format the suffix names), then close it.
 

@@ -199,6 +199,15 @@ class Extractor:
             return torch.empty(0, self.embedding_dim)
         return torch.cat(out)
 
+    def describe(self) -> dict:
+        """Identity, network, preprocessing and training record (``fpt extractor-info --json``)."""
+        from dataclasses import asdict
+
+        return {"path": str(self.path), "sha256": self.sha256, "embedding_dim": self.embedding_dim,
+                "network": {k: v for k, v in self.net.config.items() if k not in ("spec_mean", "spec_std")},
+                "preprocessing": asdict(self.preprocessing), "whitening": self.whitening is not None,
+                "training": self.config}
+
     def __repr__(self) -> str:
         p = self.preprocessing
         return (f"Extractor({self.net.config['backbone']} x{self.net.config['width']}, residual={p.residual}, "

@@ -127,6 +127,65 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def parse_range(text: str | None, cast, what: str, bounds: tuple[float, float] | None = None):
+    """'LO-HI' (or 'LO,HI') -> (LO, HI) cast by ``cast``; None stays None. ConfigError names ``what``
+    for a malformed, reversed or out-of-``bounds`` range."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (cast(v) for v in str(text).replace(",", "-").split("-", 1))
+    except ValueError:
+        raise ConfigError(f"{what} must look like LO-HI, got '{text}'") from None
+    if lo > hi:
+        raise ConfigError(f"{what}: LO must not exceed HI ('{text}')")
+    if bounds is not None and not (bounds[0] <= lo and hi <= bounds[1]):
+        raise ConfigError(f"{what}: '{text}' is outside {bounds[0]:g}-{bounds[1]:g}")
+    return (lo, hi)
+
+
+def training_config(preset: str | None, options: dict) -> TrainConfig:
+    """The :class:`TrainConfig` of ``fpt train``: ``preset``'s recipe, overridden by every option
+    that was given (not None). ``options`` are keyed by TrainConfig field; ``pool`` may be a list
+    of paths, ``images`` a list of paths, ``jpeg_quality`` a 'LO-HI' string.
+
+    Checks what can be checked before any work: the preset exists, a pool and real images are
+    given, and every pool file exists (with a hint on how to build it).
+    """
+    from fpt.errors import InputError
+
+    values: dict = {}
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset '{preset}'", hint=f"choose one of {sorted(PRESETS)}")
+        values.update(PRESETS[preset], preset=preset)
+    given = {k: v for k, v in options.items() if v is not None}
+    if isinstance(given.get("pool"), (list, tuple)):
+        given["pool"] = ",".join(map(str, given["pool"])) or None
+    if given.get("images") is not None:
+        given["images"] = [str(i) for i in given["images"]] or None
+    for key in ("out", "denoiser"):
+        if key in given:
+            given[key] = str(given[key])
+    if isinstance(given.get("jpeg_quality"), str):
+        given["jpeg_quality"] = parse_range(given["jpeg_quality"], int, "--jpeg-quality", (1, 100))
+    values.update({k: v for k, v in given.items() if v is not None})
+    pool = str(values.get("pool") or "")
+    if not pool:
+        raise ConfigError("no synthetic-model pool given",
+                          hint="pass --pool POOL.h5 (build one with `fpt synth`) or --preset default")
+    if "images" not in values:
+        raise ConfigError("toy pools still need real photos" if pool.startswith("toy:") else "no real images given",
+                          hint="pass --images DIR")
+    if not pool.startswith("toy:"):
+        for path in pool.split(","):
+            if not Path(path).exists():
+                hint = "build it with `fpt synth --images DIR --out POOL.h5` (see docs/commands.md)"
+                if preset == "default" and "pool" not in given:
+                    hint = "build the default pool first; examples/reproduce_default_extractor.sh runs the whole recipe"
+                raise InputError("synthetic-model pool not found", path=path, hint=hint)
+    return TrainConfig(**values)
+
+
 @dataclass
 class TrainResult:
     out: Path
@@ -143,6 +202,15 @@ class TrainResult:
     embed_from: str = "projection"      # which embedding the saved extractor uses
     whitened: dict = field(default_factory=dict)  # held-out archs, whole images: saved extractor with whitening
     unwhitened: dict = field(default_factory=dict)  # ... and without it
+
+    def summary(self) -> dict:
+        """The run's record for people and programs (``fpt train --json``)."""
+        return {"out": str(self.out), "sha256": self.sha256, "steps": self.steps,
+                "wall_s": round(self.wall_s, 1), "images_per_s": round(self.images_per_s, 1),
+                "train_models": self.n_train_models, "heldout_models": self.n_val_models,
+                "embedding": self.embed_from, "heldout": self.chosen, "heldout_all": self.final,
+                "heldout_images": self.unwhitened, "heldout_images_whitened": self.whitened,
+                "baseline_azimuthal": self.baseline, "history": self.history}
 
     @property
     def chosen(self) -> dict:

@@ -166,3 +166,64 @@ def ablation_subsets(model_ids: Sequence[str]) -> dict[str, list[str]]:
         first_seed.setdefault(m.split("/")[0], m)
     subsets["w/o seed"] = sorted(first_seed.values())
     return subsets
+
+
+def pool_ffd_sets(model_ids: Sequence[str], *, ablation: bool = False) -> dict[str, list[str]]:
+    """The synthetic sets whose FFD ``fpt synth ffd`` reports: the paper's FD models ("All", or
+    Table II's sub-spaces with ``ablation``), then latent decoders, grid generators and FD + grid
+    when the pool holds them."""
+    from fpt.synth.space import parse_arch_id
+
+    family = {m: parse_arch_id(m).family for m in model_ids}
+    fd_ids = [m for m in model_ids if family[m] == "fd"]
+    ld_ids = [m for m in model_ids if family[m] == "ld"]
+    grid_ids = [m for m in model_ids if family[m] == "grid"]
+    sets = ablation_subsets(model_ids) if ablation else ({"All": fd_ids} if fd_ids else {})
+    if ld_ids:
+        sets["latent decoders"] = ld_ids
+    if grid_ids:
+        sets["grid generators"] = grid_ids
+        sets["FD + grid"] = list(model_ids)
+    return sets
+
+
+@dataclass
+class PoolFFD:
+    """``fpt synth ffd``'s result: one FFD per synthetic set, and optionally each real model's
+    L2 distance to the mean synthetic (FD) representation."""
+
+    real: ModelSet
+    rows: list[dict]
+    per_model: list[dict]
+
+
+def pool_ffd(pool_path: str | Path, real_root: str | Path, images: Sequence[str | Path], *, n: int = DEFAULT_N,
+             size: int = DEFAULT_SIZE, residual: str = "highpass", exclude: Sequence[str] = (),
+             ablation: bool = False, per_model: bool = False, seed: int = 0, device: str | torch.device = "cpu",
+             on_skip: Callable[[str], None] | None = None,
+             on_pool: Callable[[int], Callable[[str], None]] | None = None) -> PoolFFD:
+    """FFD between a pool's synthetic models (applied to ``n`` crops of ``images``) and the real
+    generators in ``real_root``'s model folders. ``on_pool(n_models)`` returns the per-model
+    progress callback."""
+    from fpt.synth.pool import Pool
+    from fpt.synth.train import CropBank
+
+    if not images:
+        raise ConfigError("--images is required: real photos to run the synthetic models on",
+                          hint="use the same images the pool was trained on")
+    real_set = folder_model_set(real_root, n=n, size=size, residual=residual, exclude=exclude)
+    bank = CropBank.from_folder(images, size, n_crops=n, seed=seed, on_skip=on_skip)
+    with Pool.open(pool_path) as p:
+        on_model = on_pool(len(p.model_ids)) if on_pool else None
+        syn = pool_model_set(p, bank.crops, residual=residual, seed=seed, device=device, on_model=on_model)
+    idx = {m: i for i, m in enumerate(syn.names)}
+    sets = pool_ffd_sets(syn.names, ablation=ablation)
+    rows = [{"set": name, "models": len(ids),
+             "ffd": ffd(syn.reps[[idx[m] for m in ids]], real_set.reps) if len(ids) >= 2 else float("nan")}
+            for name, ids in sets.items()]
+    per = []
+    if per_model:
+        mu = syn.reps[[idx[m] for m in sets.get("All") or syn.names]].mean(0)
+        per = [{"real_model": nm, "l2_to_pool_mean": float(np.linalg.norm(r - mu))}
+               for nm, r in zip(real_set.names, real_set.reps)]
+    return PoolFFD(real_set, rows, per)

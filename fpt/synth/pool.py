@@ -415,3 +415,34 @@ def summarise(records: list[ModelRecord], by: str = "family") -> list[dict]:
             "wall_s_total": float(np.sum([r.wall_s for r in rs])),
         })
     return rows
+
+
+def write_fingerprinted(pool_path: str | Path, model: str, images: Iterable[str | Path], out: str | Path, *,
+                        seed: int = 0, device: str | torch.device = "cpu",
+                        on_skip=None) -> int:
+    """Write each readable image as the pooled ``model`` would make it (FD / latent decoder: its
+    reconstruction; grid: image + its noise) to ``out/<stem>.<model id>.png``, atomically.
+    Unreadable inputs go to ``on_skip(reason)``. Returns how many PNGs were written."""
+    from PIL import Image
+
+    from fpt.images import LoadFailure, find_images, iter_images
+
+    files = find_images(list(images))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with Pool.open(pool_path) as p:
+        spec = p.spec(model)
+        net = p.load(model, device)
+        g = torch.Generator(device=device).manual_seed(seed)
+        for path, img in iter_images(files):
+            if isinstance(img, LoadFailure):
+                if on_skip:
+                    on_skip(img.reason)
+                continue
+            y = fingerprint(net, spec, img.unsqueeze(0).to(device), g)[0]
+            arr = (y.permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+            with atomic_path(out / f"{path.stem}.{model.replace('/', '_')}.png") as tmp:
+                Image.fromarray(arr).save(tmp, format="PNG")
+            written += 1
+    return written
