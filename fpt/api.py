@@ -185,36 +185,63 @@ def identify(paths: PathsLike, gallery=None, extractor=None, *, top_k: int = 3, 
     ex = _extractor(extractor, device)
     g.check_extractor(ex.sha256)
     e = embed(paths, ex, windows=windows, batch_size=batch_size, on_done=on_done, on_failure=on_failure)
-    e.require_some()
+    e.require_some(hint="each file's reason was reported as it failed")
     ids = identify_embeddings(g, e.matrix, top_k=top_k, threshold=threshold, paths=[str(r.path) for r in e.images],
                               low_confidence=e.low_confidence, **decision)
     return ids, e.failures
 
 
+def extractor_cohort(ex, explicit: str | Path | None = None, lr_from: str = "gallery",
+                     on_warning: Callable[[str], None] | None = None):
+    """The cohort that normalises ``ex``'s scores: ``explicit`` or the file beside the checkpoint,
+    or None. A stale cohort beside the checkpoint (weights changed, cohort not rebuilt) is passed
+    to ``on_warning`` and dropped, since the default gallery-calibrated LR does not need it; with
+    ``lr_from="cohort"`` a missing or uncalibrated cohort is a ConfigError."""
+    from fpt.attribution import LR_SOURCES
+    from fpt.cohort import find_cohort
+    from fpt.errors import ConfigError, ExtractorMismatchError
+
+    if lr_from not in LR_SOURCES:
+        raise ConfigError(f"--lr-from must be one of {', '.join(LR_SOURCES)}, not '{lr_from}'")
+    try:
+        coh = find_cohort(ex.sha256, getattr(ex, "path", None), explicit)
+    except ExtractorMismatchError as exc:
+        if explicit is not None or lr_from == "cohort":
+            raise
+        if on_warning is not None:
+            on_warning(exc.one_line())
+        coh = None
+    if lr_from == "cohort" and (coh is None or coh.calibration is None):
+        raise ConfigError("--lr-from cohort: this extractor has no calibrated cohort",
+                          hint="pass --cohort FILE or build one: fpt cohort build (docs/calibration.md)")
+    return coh
+
+
 def verify(a: PathsLike, b: PathsLike, gallery=None, extractor=None, *, threshold: float | None = None,
-           far: float | None = None, device: str = "auto", windows: int | None = None,
-           batch_size: int = 64):
+           min_log10_lr: float = 0.0, lr_from: str = "gallery", cohort=None, device: str = "auto",
+           windows: int | None = None, batch_size: int = 64, on_done: OnDone = None,
+           on_failure: OnFailure = None, on_warning: Callable[[str], None] | None = None):
     """Were the images of ``a`` and of ``b`` made by the same model? Each side's images are
-    averaged into one fingerprint. Without ``threshold`` it is calibrated on ``gallery`` at
-    ``far`` for this many images a side. Returns :class:`fpt.attribution.Verification`."""
-    from fpt.attribution import verify_embeddings, verify_threshold
-    from fpt.gallery import DEFAULT_FAR, Gallery
+    averaged into one fingerprint, and the decision is ``fpt verify``'s: "same model" when the
+    calibrated log10 likelihood ratio reaches ``min_log10_lr`` (LR fitted on ``gallery``'s image
+    sets of this size, or on the extractor's cohort with ``lr_from="cohort"``), or when the raw
+    cosine reaches ``threshold`` if one is given. ``cohort``: a loaded cohort, a path, or None
+    for the file beside the checkpoint (see :func:`extractor_cohort`; ``on_warning`` gets its warning). Returns :class:`fpt.attribution.Verification`."""
+    from fpt.attribution import verify_embeddings
+    from fpt.cohort import Cohort
 
     ex = _extractor(extractor, device)
-    sides = [embed(p, ex, windows=windows, batch_size=batch_size) for p in (a, b)]
+    coh = cohort if isinstance(cohort, Cohort) else extractor_cohort(ex, cohort, lr_from, on_warning)
+    sides = [embed(p, ex, windows=windows, batch_size=batch_size, on_done=on_done, on_failure=on_failure)
+             for p in (a, b)]
     for name, side in zip("AB", sides):
         if not side.images:
             raise EmptyInputError(f"no readable images on side {name}")
-    if threshold is not None:
-        t, src = threshold, "threshold"
-    else:
-        g = gallery if isinstance(gallery, Gallery) else open_gallery(gallery)
-        g.check_extractor(ex.sha256)
-        far = DEFAULT_FAR if far is None else far
-        vc = verify_threshold(g, min(len(s.images) for s in sides), far)
-        t, src = vc.threshold, f"calibrated on {g.path.name} at FAR {far:g}, N_S={vc.n_s}"
+    gcal, src = verify_calibration(gallery, ex.sha256, min(len(s.images) for s in sides), threshold=threshold,
+                                   min_log10_lr=min_log10_lr, lr_from=lr_from)
     low = any(bool(s.low_confidence.any()) for s in sides)
-    return verify_embeddings(sides[0].matrix, sides[1].matrix, t, src, low)
+    return verify_embeddings(sides[0].matrix, sides[1].matrix, threshold, src, low, cohort=coh,
+                             min_log10_lr=min_log10_lr, lr_from=lr_from, gallery_calibration=gcal)
 
 
 def verify_calibration(gallery, extractor_sha256: str, n_s: int, *, threshold: float | None = None,

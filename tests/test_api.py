@@ -108,3 +108,33 @@ def test_enroll_stores_absolute_paths_and_reports_failures_as_they_come(tmp_path
     with pytest.raises(fpt.EmptyInputError):
         fpt.enroll("b", "a/broken.png", "g.h5", on_failure=heard.append)
     assert len(heard) == 1
+
+
+def test_verify_decides_on_the_gallery_calibrated_likelihood_ratio_like_the_cli(tmp_path):
+    """fpt.verify uses fpt verify's decision: log10 LR (fitted on the gallery) >= min_log10_lr;
+    with a raw threshold the cosine decides and the LR is still reported."""
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        _save(tmp_path / "a", f"a{i}", _model_a(rng))
+        _save(tmp_path / "b", f"b{i}", _model_b(rng))
+    _save(tmp_path / "pa", "p0", _model_a(rng))
+    _save(tmp_path / "pb", "p0", _model_b(rng))
+    ex = fpt.load_extractor(device="cpu")
+    gal = tmp_path / "g.h5"
+    fpt.enroll("model-a", tmp_path / "a", gal, ex)
+    fpt.enroll("model-b", tmp_path / "b", gal, ex)
+    v = fpt.verify(tmp_path / "pa", tmp_path / "a", gal, ex)
+    assert v.log10_lr is not None and v.verbal and v.min_log10_lr == 0.0
+    assert v.threshold_source.startswith("log10 LR >= 0 (LR calibrated on g.h5")
+    assert v.same_model == (v.log10_lr >= 0.0)
+    strict = fpt.verify(tmp_path / "pa", tmp_path / "a", gal, ex, min_log10_lr=v.log10_lr + 1)
+    assert not strict.same_model and strict.log10_lr == pytest.approx(v.log10_lr)
+    raw = fpt.verify(tmp_path / "pa", tmp_path / "b", gal, ex, threshold=-1.0)
+    assert raw.same_model and raw.threshold == -1.0 and raw.threshold_source == "--threshold"
+    assert raw.log10_lr is not None  # reported, not deciding
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    failed = []
+    with pytest.raises(fpt.EmptyInputError, match="side B"):
+        fpt.verify(tmp_path / "pa", tmp_path / "bad", gal, ex, on_failure=failed.append)
+    assert [f.path.name for f in failed] == ["x.png"]

@@ -9,9 +9,6 @@ are in :mod:`fpt.cli.gallery`, ``fpt eval`` in :mod:`fpt.cli.evaluate`.
 
 from __future__ import annotations
 
-import csv
-import io
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -39,28 +36,12 @@ def _gallery_path(p: Optional[Path]) -> Path:
 
 
 def _cohort_for(ex, explicit: Optional[Path], lr_from: str):
-    """The extractor's cohort (``--cohort`` or the file beside the checkpoint), or None."""
-    from fpt.attribution import LR_SOURCES
-    from fpt.cohort import find_cohort
-    from fpt.errors import ConfigError, ExtractorMismatchError
+    """The extractor's cohort (``--cohort`` or the file beside the checkpoint), or None; a stale
+    one beside the checkpoint is warned about and left out (fpt.api.extractor_cohort)."""
+    from fpt.api import extractor_cohort
+    from fpt.report import warn
 
-    if lr_from not in LR_SOURCES:
-        raise ConfigError(f"--lr-from must be one of {', '.join(LR_SOURCES)}, not '{lr_from}'")
-    try:
-        coh = find_cohort(ex.sha256, getattr(ex, "path", None), explicit)
-    except ExtractorMismatchError as exc:
-        if explicit is not None or lr_from == "cohort":
-            raise
-        # the cohort beside the checkpoint is stale (new weights, cohort not rebuilt): the default
-        # gallery-calibrated LR does not need it, so say so and carry on without normalised scores
-        from fpt.report import warn
-
-        warn(exc.one_line())
-        coh = None
-    if lr_from == "cohort" and (coh is None or coh.calibration is None):
-        raise ConfigError("--lr-from cohort: this extractor has no calibrated cohort",
-                          hint="pass --cohort FILE or build one: fpt cohort build (docs/calibration.md)")
-    return coh
+    return extractor_cohort(ex, explicit, lr_from, on_warning=warn)
 
 
 def _gallery_cohort(g, explicit: Optional[Path]):
@@ -80,32 +61,10 @@ def _gallery_cohort(g, explicit: Optional[Path]):
     return c
 
 
-def _embed_paths(ex, paths: list[Path], *, windows: Optional[int], batch_size: int, quiet: bool,
-                 description: str = "embedding"):
-    """:func:`fpt.api.embed` with a progress bar."""
-    from fpt.api import embed
-    from fpt.report import progress
-
-    with progress(transient=True, disable=quiet) as prog:
-        task = prog.add_task(description, total=len(paths))
-        return embed(paths, ex, windows=windows, batch_size=batch_size, on_done=lambda _p: prog.advance(task))
-
-
 def _report_failure(f) -> None:
     from fpt.report import warn
 
     warn(f"skipped {f.reason}" if str(f.path) in f.reason else f"skipped {f.path}: {f.reason}")
-
-
-def _report_failures(failed) -> None:
-    for f in failed:
-        _report_failure(f)
-
-
-def _digits(*values) -> int:
-    """Decimals that keep cosine scores apart: embeddings of some extractors crowd near 1."""
-    vals = [abs(float(v)) for v in values if v is not None]
-    return 6 if vals and max(vals) >= 0.999 else 4
 
 
 def _scan_device(device: str) -> str:
@@ -204,9 +163,10 @@ def embed_cmd(
     """Write fingerprint embeddings of images to an .npz (or stream them to --jsonl/--csv-file)."""
     to_file = _check_scan_options(jsonl, csv_file, resume, workers, shard)
     _check_embed_output(out, to_file)
+    from fpt.api import embed
     from fpt.extractor.embed import save_embeddings_npz
     from fpt.images import find_images
-    from fpt.report import console, print_json
+    from fpt.report import console, print_json, progress
 
     files = find_images(paths)
     ex = load_extractor(extractor, _scan_device(device))
@@ -217,8 +177,10 @@ def embed_cmd(
         if code:
             raise typer.Exit(code)
         return
-    e = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=json_out)
-    _report_failures(e.failures)
+    with progress(transient=True, disable=json_out) as prog:
+        task = prog.add_task("embedding", total=len(files))
+        e = embed(files, ex, windows=windows, batch_size=batch_size, on_done=lambda _p: prog.advance(task),
+                  on_failure=_report_failure)
     e.require_some(hint="see the warnings above")
     ok, failed = e.images, e.failures
     save_embeddings_npz(out, ok, ex)
@@ -260,37 +222,10 @@ def enroll_cmd(
         task = prog.add_task(f"enrolling {model}", total=len(files))
         res = enroll(model, files, gpath, ex, meta=meta_d, windows=windows, batch_size=batch_size,
                      on_done=lambda _p: prog.advance(task), on_failure=_report_failure)
-    _print_enrolment(res, json_out)
-
-
-def _print_enrolment(res, json_out: bool) -> None:
     from fpt.attribution import check_gallery
-    from fpt.report import console, gallery_check_messages, literal, print_json, warn
+    from fpt.report import render_enrolment
 
-    chk = check_gallery(res.final)
-    rates, warnings = gallery_check_messages(chk)
-    if json_out:
-        print_json({"model": res.model, "gallery": str(res.gallery), "added": res.added,
-                    "already_enrolled": res.already_enrolled,
-                    "failed": [{"path": str(f.path), "error": f.reason} for f in res.failures],
-                    "images": res.total, "low_confidence": res.low_confidence,
-                    "threshold": res.threshold,
-                    "decision": {"rule": chk.rule, "level": chk.level, "expected_far": chk.expected_far,
-                                 "expected_frr": chk.expected_frr, "loo_accuracy": chk.loo_accuracy},
-                    "warnings": warnings})
-        return
-    console.print(f"enrolled [bold]{literal(res.model)}[/bold]: {res.added} new image(s), {res.already_enrolled} "
-                  f"already enrolled, {len(res.failures)} unreadable; {res.total} image(s) in total -> "
-                  f"{literal(res.gallery)}", markup=True)
-    if res.low_confidence:
-        warn(f"{res.low_confidence} image(s) were smaller than the extractor's window and were mirror-padded "
-             "(low confidence)")
-    if res.total < 10:
-        warn(f"{res.model} has {res.total} image(s); 10 or more make a much more reliable fingerprint")
-    if rates:
-        console.print(rates, markup=False)
-    for w in warnings:
-        warn(w)
+    render_enrolment(res, check_gallery(res.final), json_out=json_out)
 
 
 # ---------------------------------------------------------------- identify
@@ -358,12 +293,10 @@ def identify_cmd(
 def _render_identifications(results, failed, g, src: str, *, top_k: int, decision: dict, json_out: bool,
                             csv_out: bool) -> None:
     """JSON, CSV or a table; then exit 10 when an image is unknown, 11 when a file failed."""
-    if json_out:
-        _print_identify_json(results, failed, g, src, decision)
-    elif csv_out:
-        _write_identify_csv(results, failed, top_k)
-    else:
-        _print_identify_table(results, failed, g, src, top_k)
+    from fpt.report import render_identifications
+
+    render_identifications(results, failed, g, src, top_k=top_k, decision=decision,
+                           fmt="json" if json_out else "csv" if csv_out else "table")
     if any(not r.identified for r in results):
         raise typer.Exit(EXIT_UNKNOWN)
     if failed:
@@ -383,91 +316,14 @@ def _gallery_with_models(gallery: Optional[Path]):
 
 def _identify_files(ex, files: list[Path], g, *, windows: Optional[int], batch_size: int, quiet: bool, top_k: int,
                     threshold: Optional[float], decision: dict):
-    """Embed (with a bar; unreadable files warned about) and identify: ``(identifications, failures)``."""
-    from fpt.attribution import identify_embeddings
+    """:func:`fpt.api.identify` with a bar; unreadable files are warned about as they fail."""
+    from fpt.api import identify
+    from fpt.report import progress
 
-    e = _embed_paths(ex, files, windows=windows, batch_size=batch_size, quiet=quiet, description="identifying")
-    _report_failures(e.failures)
-    e.require_some(hint="see the warnings above")
-    results = identify_embeddings(g, e.matrix, top_k=top_k, threshold=threshold,
-                                  paths=[str(r.path) for r in e.images], low_confidence=e.low_confidence, **decision)
-    return results, e.failures
-
-
-def _print_identify_json(results, failed, g, src: str, decision: dict) -> None:
-    from fpt.attribution import failure_record, identification_record
-    from fpt.report import print_json
-
-    by_lr = results[0].min_log10_lr is not None
-    coh = decision["cohort"]
-    n_unknown = sum(not r.identified for r in results)
-    print_json({"gallery": str(g.path), "decision": src, "min_log10_lr": decision["min_log10_lr"] if by_lr else None,
-                "lr_from": decision["lr_from"], "threshold": results[0].threshold,
-                "threshold_source": src, "cohort": str(coh.path) if coh is not None else None,
-                "results": [identification_record(r) for r in results],
-                "failed": [failure_record(f.path, f.reason) for f in failed],
-                "summary": {"images": len(results), "identified": len(results) - n_unknown,
-                            "unknown": n_unknown, "failed": len(failed)}})
-
-
-def _write_identify_csv(results, failed, top_k: int) -> None:
-    t_used = results[0].threshold
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["path", "model", "score", "score_norm", "log10_lr", "verbal", "best_model", "low_confidence",
-                "threshold"] + [f"top{i + 1}_{c}" for i in range(top_k) for c in ("model", "score")])
-
-    def num(v) -> str:
-        return "" if v is None else f"{v:.6f}"
-
-    for r in results:
-        tops = [x for m, s in r.top for x in (m, f"{s:.6f}")]
-        w.writerow([r.path, r.model, f"{r.score:.6f}", num(r.score_norm), num(r.log10_lr), r.verbal or "",
-                    r.best_model, int(r.low_confidence), num(t_used)] + tops)
-    for f in failed:
-        w.writerow([str(f.path), "error", "", "", "", "", "", "", ""])
-    sys.stdout.write(buf.getvalue())
-
-
-def _print_identify_table(results, failed, g, src: str, top_k: int) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    from fpt.calibration import verbal_level
-    from fpt.report import console, format_lr, visible
-
-    by_lr, t_used = results[0].min_log10_lr is not None, results[0].threshold
-    nd = _digits(t_used, *(r.score for r in results))
-    table = Table(title=f"identification against {g.path.name} ({len(g.models)} models)",
-                  caption=(f"decision: {src}" if by_lr else
-                           (f"threshold {t_used:.{nd}f} ({src})" if t_used is not None else "no threshold")))
-    any_low = any(r.low_confidence for r in results)
-    table.add_column("image", overflow="fold")
-    table.add_column("model", overflow="fold")
-    table.add_column("log10 LR", justify="right", no_wrap=True)
-    table.add_column("support (ENFSI)", overflow="fold")
-    table.add_column("cosine", justify="right", no_wrap=True)
-    table.add_column(f"top-{min(top_k, len(g.models))} (cosine)", no_wrap=True)
-    if any_low:
-        table.add_column("low-conf")
-    for r in results:
-        tops = "\n".join(f"{visible(m)} {s:.{nd}f}" for m, s in r.top)
-        decided = visible(r.model) if r.identified else Text("unknown", style="red")
-        cells = [visible(str(r.path)), decided, format_lr(r.log10_lr),
-                 "-" if r.log10_lr is None else verbal_level(r.log10_lr),
-                 f"{r.score:.{nd}f}", tops] + (["yes" if r.low_confidence else ""] if any_low else [])
-        table.add_row(*cells)
-    console.print(table)
-    if len(results) > 1 or failed:
-        from collections import Counter
-
-        cnt = Counter(r.model for r in results)
-        console.print(f"{len(results)} image(s): " + ", ".join(f"{m} {n}" for m, n in cnt.most_common())
-                      + (f"; {len(failed)} unreadable" if failed else ""), markup=False)
-    if by_lr:
-        console.print("LR = how many times more probable the image's fingerprint is if the named model made "
-                      "it than if another model did; support words from the ENFSI verbal scale "
-                      "(docs/calibration.md)", markup=False)
+    with progress(transient=True, disable=quiet) as prog:
+        task = prog.add_task("identifying", total=len(files))
+        return identify(files, g, ex, top_k=top_k, threshold=threshold, windows=windows, batch_size=batch_size,
+                        on_done=lambda _p: prog.advance(task), on_failure=_report_failure, **decision)
 
 
 # ---------------------------------------------------------------- verify
@@ -494,46 +350,23 @@ def verify_cmd(
     Reports the raw cosine, the cohort-normalised score, the calibrated log10 likelihood ratio
     and its ENFSI verbal scale; "same model" when the log10 LR reaches --min-lr.
     """
-    from fpt.api import verify_calibration
-    from fpt.attribution import verify_embeddings
-    from fpt.errors import EmptyInputError
+    from fpt.api import verify
     from fpt.images import find_images
-    from fpt.report import print_json
+    from fpt.report import print_json, progress, render_verification, warn
 
-    fa, fb = find_images(a), find_images(b)
+    files = [find_images(a), find_images(b)]
     ex = load_extractor(extractor, device)
-    coh = _cohort_for(ex, cohort, lr_from)
-    ea = _embed_paths(ex, fa, windows=windows, batch_size=batch_size, quiet=json_out, description="side A")
-    eb = _embed_paths(ex, fb, windows=windows, batch_size=batch_size, quiet=json_out, description="side B")
-    _report_failures(ea.failures + eb.failures)
-    if not ea.images or not eb.images:
-        raise EmptyInputError("no readable images on side " + ("A" if not ea.images else "B"))
-    gcal, src = verify_calibration(gallery, ex.sha256, min(len(ea.images), len(eb.images)), threshold=threshold,
-                                   min_log10_lr=min_lr, lr_from=lr_from)
-    low = bool(ea.low_confidence.any() or eb.low_confidence.any())
-    v = verify_embeddings(ea.matrix, eb.matrix, threshold, src, low, cohort=coh, min_log10_lr=min_lr,
-                          lr_from=lr_from, gallery_calibration=gcal)
+    with progress(transient=True, disable=json_out) as prog:
+        task = prog.add_task("verifying", total=sum(map(len, files)))
+        v = verify(*files, gallery, ex, threshold=threshold, min_log10_lr=min_lr, lr_from=lr_from, cohort=cohort,
+                   windows=windows, batch_size=batch_size, on_done=lambda _p: prog.advance(task),
+                   on_failure=_report_failure, on_warning=warn)
     if json_out:
         print_json(v)
     else:
-        _print_verification(v, low)
+        render_verification(v, v.low_confidence)
     if not v.same_model:
         raise typer.Exit(EXIT_UNKNOWN)
-
-
-def _print_verification(v, low: bool) -> None:
-    from fpt.report import console, format_lr
-
-    verdict = "[green]same model[/green]" if v.same_model else "[red]different models[/red]"
-    nd = _digits(v.similarity, v.threshold)
-    console.print(f"log10 LR {format_lr(v.log10_lr)}: {v.verbal or 'no LR calibration'} -> {verdict}", markup=True)
-    norm = "" if v.score_norm is None else f", normalised {v.score_norm:.3f}"
-    console.print(f"cosine {v.similarity:.{nd}f}{norm} (A: {v.n_a} image(s), B: {v.n_b} image(s))")
-    console.print(f"decision: {v.threshold_source}" + (f" (threshold {v.threshold:.{nd}f})" if v.threshold is not None else ""),
-                  markup=False)
-    if low:
-        console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]",
-                      markup=True)
 
 
 # ---------------------------------------------------------------- lineage

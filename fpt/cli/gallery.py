@@ -9,7 +9,8 @@ from pathlib import Path
 
 import typer
 
-from fpt.cli.attribution import _digits, _gallery_path
+from fpt.cli.attribution import _gallery_path
+from fpt.report import score_digits
 from fpt.cli.options import HALF_OPEN_UNIT, GalleryOpt, JsonOpt
 
 
@@ -34,7 +35,7 @@ def gallery_list(gallery: GalleryOpt = None, json_out: JsonOpt = False) -> None:
         return
     cal = g.calibration
     cap = (f"extractor {(g.extractor_sha256 or '-')[:12]}; threshold "
-           + (f"{cal.threshold:.{_digits(cal.threshold)}f} at FAR {cal.far:g}" if cal else "not calibrated"))
+           + (f"{cal.threshold:.{score_digits(cal.threshold)}f} at FAR {cal.far:g}" if cal else "not calibrated"))
     print_table(f"gallery {g.path}", ["model", "images", "low-conf", "created", "updated", "meta"], rows,
                 caption=cap)
 
@@ -156,12 +157,12 @@ def _print_calibration(cal, vrows, rates, warnings) -> None:
         warn(w)
     print_table("raw-cosine identification threshold (stored in the gallery; used with no LR calibration)",
                 ["FAR asked", "threshold", "expected FAR", "expected FRR", "LOO top-1 acc", "genuine", "impostor"],
-                [[cal.far, f"{cal.threshold:.{_digits(cal.threshold)}f}", cal.expected_far, cal.expected_frr, cal.loo_accuracy,
+                [[cal.far, f"{cal.threshold:.{score_digits(cal.threshold)}f}", cal.expected_far, cal.expected_frr, cal.loo_accuracy,
                   cal.n_genuine, cal.n_impostor]])
     if vrows:
         print_table("verification thresholds (computed on the fly by `fpt verify`)",
                     ["N_S", "threshold", "expected FAR", "expected FRR"],
-                    [[v.n_s, f"{v.threshold:.{_digits(v.threshold)}f}", v.expected_far, v.expected_frr]
+                    [[v.n_s, f"{v.threshold:.{score_digits(v.threshold)}f}", v.expected_far, v.expected_frr]
                      for v in vrows])
     console.print("expected rates are measured on the gallery's own images (leave-one-out); "
                   "enroll more images per model for tighter estimates")
