@@ -223,7 +223,7 @@ def enroll_cmd(
         res = enroll(model, files, gpath, ex, meta=meta_d, windows=windows, batch_size=batch_size,
                      on_done=lambda _p: prog.advance(task), on_failure=_report_failure)
     from fpt.attribution import check_gallery
-    from fpt.report import render_enrolment
+    from fpt.report_attribution import render_enrolment
 
     render_enrolment(res, check_gallery(res.final), json_out=json_out)
 
@@ -293,7 +293,7 @@ def identify_cmd(
 def _render_identifications(results, failed, g, src: str, *, top_k: int, decision: dict, json_out: bool,
                             csv_out: bool) -> None:
     """JSON, CSV or a table; then exit 10 when an image is unknown, 11 when a file failed."""
-    from fpt.report import render_identifications
+    from fpt.report_attribution import render_identifications
 
     render_identifications(results, failed, g, src, top_k=top_k, decision=decision,
                            fmt="json" if json_out else "csv" if csv_out else "table")
@@ -352,7 +352,8 @@ def verify_cmd(
     """
     from fpt.api import verify
     from fpt.images import find_images
-    from fpt.report import print_json, progress, render_verification, warn
+    from fpt.report import print_json, progress, warn
+    from fpt.report_attribution import render_verification
 
     files = [find_images(a), find_images(b)]
     ex = load_extractor(extractor, device)

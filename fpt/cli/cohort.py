@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from fpt.cli import attribution as _attr
-from fpt.cli.options import DeviceOpt, ExtractorOpt
+from fpt.cli.options import DeviceOpt, ExtractorOpt, JsonOpt
 
 
 def build_cmd(
@@ -33,7 +33,7 @@ def build_cmd(
     seed: int = typer.Option(0, "--seed"),
     extractor: ExtractorOpt = None,
     device: DeviceOpt = "auto",
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: JsonOpt = False,
 ) -> None:
     """Build a cohort (tied to the extractor's sha256) and fit its LR calibration."""
     from fpt.cohort import folder_cohort_embeddings, make_cohort, pool_cohort_embeddings, save_cohort
@@ -74,7 +74,7 @@ def build_cmd(
 
 def info_cmd(
     path: Optional[Path] = typer.Argument(None, help="Cohort file (default: the one beside the default extractor)."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: JsonOpt = False,
 ) -> None:
     """Summary of a cohort: models, images, extractor, in-sample calibration quality per set size."""
     from fpt.cohort import cohort_path_for, load_cohort

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from fpt.cli.attribution import _gallery_path
-from fpt.report import score_digits
+from fpt.report_attribution import score_digits
 from fpt.cli.options import HALF_OPEN_UNIT, GalleryOpt, JsonOpt
 
 

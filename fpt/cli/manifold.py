@@ -6,15 +6,9 @@ from pathlib import Path
 
 import typer
 
-from fpt.cli.options import DEVICE_HELP
+from fpt.cli.options import DEVICE_HELP, JsonOpt
 
 from fpt.errors import ConfigError, InputError
-
-manifold_app = typer.Typer(
-    help="Reference manifolds of real images (ManiFPT): build one, inspect one.",
-    no_args_is_help=True,
-)
-
 
 def _spaces(text: str) -> list[str]:
     from fpt.manifold.spaces import SPACES
@@ -26,7 +20,6 @@ def _spaces(text: str) -> list[str]:
     return names
 
 
-@manifold_app.command("build")
 def build_cmd(
     real: list[Path] = typer.Argument(..., help="Folders / files of REAL images (walked recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Manifold file to write (HDF5, replaced atomically)."),
@@ -39,7 +32,7 @@ def build_cmd(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     no_pixels: bool = typer.Option(False, "--no-pixels", help="Do not store the x* views (freq/feat figures then lack x*)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Embed real images into rgb / freq / feat space and store them as a reference manifold."""
     from fpt.devices import select_device
@@ -68,10 +61,9 @@ def build_cmd(
                 + (f"; {rep.padded} smaller than the view (mirror-padded)" if rep.padded else ""))
 
 
-@manifold_app.command("info")
 def info_cmd(
     manifold: Path = typer.Argument(..., help="Manifold file."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Show what a manifold holds and exactly how its images were preprocessed."""
     import numpy as np
@@ -115,7 +107,7 @@ def artifact_cmd(
     out: Path = typer.Option(None, "--out", "-o", help="Folder for artifact arrays (.npz) and figures (.png)."),
     no_figures: bool = typer.Option(False, "--no-figures", help="With --out: arrays only."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Nearest real image x* and artifact a(x) = x - x* of each image.
 
@@ -180,7 +172,7 @@ def analyse_cmd(
     figure: Path = typer.Option(None, "--figure", help="Write a PCA scatter of the fingerprints by model (PNG)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random choices."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Separability of models in a fingerprint space (FDR, NMI, silhouette, Davies-Bouldin).
 
@@ -236,6 +228,9 @@ def _print_separability(name: str, sep, fac, unit: str) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
-    app.add_typer(manifold_app, name="manifold")
+    manifold = typer.Typer(help="Reference manifolds of real images (ManiFPT): build one, inspect one.",
+                           no_args_is_help=True)
+    app.add_typer(manifold, name="manifold")
+    manifold.command("build")(build_cmd), manifold.command("info")(info_cmd)
     app.command("artifact")(artifact_cmd)
     app.command("analyse")(analyse_cmd)

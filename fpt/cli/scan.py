@@ -12,26 +12,29 @@ from typing import Optional
 
 import typer
 
+from fpt.cli.options import JsonOpt
+
+
+def merge_cmd(
+    out: Path = typer.Argument(..., help="The scan's output FILE; its parts are FILE.rank<i>-of-<n>."),
+    count: Optional[int] = typer.Option(None, "--count", help="n, when parts of several process counts exist."),
+    keep_parts: bool = typer.Option(False, "--keep-parts", help="Do not delete the part files after merging."),
+    json_out: JsonOpt = False,
+) -> None:
+    """Concatenate FILE.rank0-of-n ... FILE.rank<n-1>-of-n into FILE (the single-process result)."""
+    from fpt.report import print_json, print_scan_summary
+    from fpt.scan import merge_parts, summarise_file
+
+    merge_parts(out, count, keep_parts=keep_parts)
+    s = summarise_file(out)
+    if json_out:
+        print_json(s)
+    else:
+        print_scan_summary(s)
+
 
 def register(app: typer.Typer) -> None:
     """Add ``fpt scan`` and its sub-commands to ``app``."""
     scan = typer.Typer(help="Large scans: join the parts of a sharded identify / embed scan.", no_args_is_help=True)
     app.add_typer(scan, name="scan")
-
-    @scan.command("merge")
-    def merge_cmd(
-        out: Path = typer.Argument(..., help="The scan's output FILE; its parts are FILE.rank<i>-of-<n>."),
-        count: Optional[int] = typer.Option(None, "--count", help="n, when parts of several process counts exist."),
-        keep_parts: bool = typer.Option(False, "--keep-parts", help="Do not delete the part files after merging."),
-        json_out: bool = typer.Option(False, "--json", help="Print the merged file's summary as JSON."),
-    ) -> None:
-        """Concatenate FILE.rank0-of-n ... FILE.rank<n-1>-of-n into FILE (the single-process result)."""
-        from fpt.report import print_json, print_scan_summary
-        from fpt.scan import merge_parts, summarise_file
-
-        merge_parts(out, count, keep_parts=keep_parts)
-        s = summarise_file(out)
-        if json_out:
-            print_json(s)
-        else:
-            print_scan_summary(s)
+    scan.command("merge")(merge_cmd)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from fpt.cli.options import DEVICE_HELP
+from fpt.cli.options import DEVICE_HELP, JsonOpt
 
 #: Above this many images, per-image figures / .npz are written only with --per-image.
 PER_IMAGE_AUTO_LIMIT = 50
@@ -44,7 +44,7 @@ def spectrum_cmd(
     ),
     limit: Optional[int] = typer.Option(None, "--limit", help="Analyse only the first N images (sorted) of each input."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of tables."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Spectral evidence: residual energy, high-pass ratio, azimuthal integral, grid peaks.
 
@@ -115,17 +115,13 @@ def _print_spectrum_tables(run) -> None:
         console.print(f"{len(run.failures)} file(s) skipped")
 
 
-demo_app = typer.Typer(help="Demonstrations of the papers' spectral arguments.", no_args_is_help=True)
-
-
-@demo_app.command("upsample")
 def demo_upsample_cmd(
     image: Optional[Path] = typer.Argument(None, help="Image to use (grey centre crop); default uniform noise."),
     size: int = typer.Option(64, "--size", help="Side of the signal before 2x upsampling."),
     seed: int = typer.Option(0, "--seed", help="Seed for the noise and the random deconvolution kernel."),
     threshold: float = typer.Option(10.0, "--threshold", help="Grid-peak strength threshold."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write upsample_demo.png here."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON to stdout instead of a table."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Why upsampling leaves grids: zero-interleave, then nearest / bilinear / deconv.
 
@@ -160,4 +156,6 @@ def demo_upsample_cmd(
 def register(app: typer.Typer) -> None:
     """Add this module's commands to app."""
     app.command("spectrum")(spectrum_cmd)
-    app.add_typer(demo_app, name="demo")
+    demo = typer.Typer(help="Demonstrations of the papers' spectral arguments.", no_args_is_help=True)
+    app.add_typer(demo, name="demo")
+    demo.command("upsample")(demo_upsample_cmd)

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from fpt.cli.options import DEVICE_HELP, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, PROBABILITY
+from fpt.cli.options import DEVICE_HELP, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE, PROBABILITY, JsonOpt
 
 
 def train_cmd(
@@ -56,7 +56,7 @@ def train_cmd(
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA."),
     half: Optional[bool] = typer.Option(None, "--fp16/--fp32", help="Store the final extractor's weights in fp16."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT's .state.pt."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    json_out: JsonOpt = False,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train a fingerprint extractor on synthetic models (zero-shot: no real generator is used)."""
@@ -106,7 +106,7 @@ def train_denoiser_cmd(
     crop_size: int = typer.Option(64, "--crop-size", min=8, help="Training crop side, px."),
     sigma: str = typer.Option("1-5", "--sigma", help="Noise sigma range in 8-bit levels, LO-HI."),
     seed: int = typer.Option(0, "--seed", help="Seed of crops and noise."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Train the small DnCNN-style denoiser whose residual the extractor can use (--residual denoiser)."""
     from fpt.extractor.train import parse_range
@@ -132,7 +132,7 @@ def train_denoiser_cmd(
 
 def extractor_info_cmd(
     path: Optional[Path] = typer.Argument(None, help="Checkpoint (default: the shipped extractor)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Show an extractor checkpoint's identity, preprocessing, training recipe and validation."""
     from fpt.extractor.checkpoint import load_extractor
