@@ -371,3 +371,31 @@ def test_denoiser_residual_is_built_once_with_its_weights(tmp_path):
     got = res.net.transform.residual.net.state_dict()
     assert res.net.config["denoiser"] == dn.config()
     assert all(torch.equal(got[k].cpu(), v) for k, v in dn.state_dict().items())
+
+
+def test_refit_for_windows_keeps_the_network_and_refits_the_whitening(tmp_path, photo_dir):
+    """examples/refit_windows.py's core: same weights, new grid, whitening refitted on the run's
+    own split (rebuilt from the checkpoint's record), validation rerun, provenance recorded."""
+    from fpt.cli import main
+    from fpt.errors import CheckpointError
+    from fpt.extractor.checkpoint import load_extractor
+    from fpt.extractor.train import recorded_run, refit_for_windows
+
+    a = tmp_path / "a.pt"
+    assert main(_args(photo_dir, a, 6)) == 0
+    ex = load_extractor(a, "cpu")
+    run = recorded_run(ex)
+    assert sorted({i.split("/")[0] for i in run.val_ids}) == sorted(ex.config["heldout_archs"])
+    b = tmp_path / "b.pt"
+    sha = refit_for_windows(ex, 2, b)
+    ex2 = load_extractor(b, "cpu")
+    assert ex2.sha256 == sha != ex.sha256
+    assert (ex.preprocessing.windows, ex2.preprocessing.windows) == (3, 2) and ex2.config["windows"] == 2
+    sd1, sd2 = ex.net.state_dict(), ex2.net.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    w1, w2 = ex.whitening.state(), ex2.whitening.state()
+    assert w1.keys() == w2.keys() and not all(torch.equal(torch.as_tensor(w1[k]), torch.as_tensor(w2[k])) for k in w1)
+    assert ex2.config["refit"]["from_sha256"] == ex.sha256 and ex2.config["refit"]["windows_before"] == 3
+    assert set(ex2.config["validation_whitening"]) >= {"plain", "whitened"}
+    with pytest.raises(CheckpointError, match="not the one this checkpoint recorded"):
+        recorded_run(ex, pool="toy:9")

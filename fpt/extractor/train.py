@@ -587,3 +587,63 @@ def fit_checkpoint_whitening(cfg: TrainConfig, ex: Extractor, source: ModelSourc
 def _cfg_json(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     return json.loads(json.dumps(d))
+
+
+@dataclass
+class RecordedRun:
+    """A finished training run rebuilt from its checkpoint's record: the config, the pool source,
+    and the same model split and photo split (so held-out models and photos stay held out)."""
+
+    cfg: TrainConfig
+    source: ModelSource
+    train_ids: list[str]
+    val_ids: list[str]
+    train_bank: CropBank
+    val_bank: CropBank
+
+
+def recorded_run(ex: Extractor, *, pool: str | None = None, device: str | torch.device = "cpu") -> RecordedRun:
+    """Rebuild ``ex``'s training run from the config stored in its checkpoint (``pool`` overrides
+    the recorded pool path). Raises CheckpointError when the rebuilt split of held-out
+    architectures is not the recorded one (another pool, or an untrained checkpoint)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(TrainConfig)}
+    rec = {k: v for k, v in ex.config.items() if k in names}
+    for key in ("jpeg_quality", "rrc_scale", "blur_sigma"):
+        if key in rec:
+            rec[key] = tuple(rec[key])
+    if pool:
+        rec["pool"] = pool
+    cfg = TrainConfig(**rec)
+    source = build_source(cfg, select_device(device) if isinstance(device, str) else device)
+    bank = CropBank.from_folders(cfg.images, cfg.crop_size, crops_per_image=cfg.crops_per_image,
+                                 max_images=cfg.max_images, seed=cfg.seed)
+    train_bank, val_bank = bank.split(cfg.val_image_frac, seed=cfg.seed)
+    train_ids, val_ids = split_models(source.model_ids, holdout_frac=cfg.holdout_frac,
+                                      holdout_pattern=cfg.holdout_pattern, seed=cfg.seed)
+    if sorted({i.split("/")[0] for i in val_ids}) != sorted(ex.config.get("heldout_archs", [])):
+        raise CheckpointError("the rebuilt model split is not the one this checkpoint recorded", path=ex.path,
+                              hint="pass the pool it was trained on")
+    return RecordedRun(cfg, source, train_ids, val_ids, train_bank, val_bank)
+
+
+def refit_for_windows(ex: Extractor, windows: int, out: str | Path, *, pool: str | None = None,
+                      log: Callable[[str], None] = lambda _line: None) -> str:
+    """Write ``ex`` with an ``windows`` x ``windows`` inference grid to ``out``, doing what the end of
+    ``fpt train --windows N`` does with the same network weights: the whitening is refitted on
+    training models embedded with the new grid and the held-out whole-image validation rerun.
+    Returns the new file's sha256."""
+    from dataclasses import replace
+
+    run = recorded_run(ex, pool=pool)
+    cfg = replace(run.cfg, windows=windows)
+    exw = Extractor(ex.net, replace(ex.preprocessing, windows=windows), {}, "", ex.device)
+    whitening = fit_checkpoint_whitening(cfg, exw, run.source, run.train_ids, run.train_bank)
+    whitened = heldout_image_validation(cfg, exw, whitening, run.source, run.val_ids, run.val_bank)
+    log("held-out archs, whole images, without / with whitening: " + json.dumps(whitened))
+    meta = dict(ex.config, windows=windows, validation_whitening=whitened,
+                refit={"from_sha256": ex.sha256, "windows_before": ex.preprocessing.windows,
+                       "note": "same network weights; whitening refitted and validation rerun at the new grid"})
+    return save_extractor(out, ex.net, exw.preprocessing, meta, half=bool(ex.config.get("half", True)),
+                          whitening=whitening)
