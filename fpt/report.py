@@ -354,6 +354,12 @@ def render_extractor_info(info: Mapping[str, Any]) -> None:
     console.print(t)
 
 
+def score_digits(*values) -> int:
+    """Decimals that keep cosine scores apart: embeddings of some extractors crowd near 1."""
+    vals = [abs(float(v)) for v in values if v is not None]
+    return 6 if vals and max(vals) >= 0.999 else 4
+
+
 def save_figure(fig: Any, path: str | Path, *, dpi: int = 120, tight: bool = True) -> Path:
     """Save a matplotlib figure atomically as PNG (or any format the suffix names), then close it.
 

@@ -14,13 +14,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from fpt.report import console, format_lr, gallery_check_messages, literal, print_json, visible, warn
-
-
-def score_digits(*values) -> int:
-    """Decimals that keep cosine scores apart: embeddings of some extractors crowd near 1."""
-    vals = [abs(float(v)) for v in values if v is not None]
-    return 6 if vals and max(vals) >= 0.999 else 4
+from fpt.report import console, format_lr, gallery_check_messages, literal, print_json, score_digits, visible, warn
 
 
 def render_enrolment(res: Any, chk: Any, *, json_out: bool) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 
 from fpt.cli.attribution import _gallery_path
-from fpt.report_attribution import score_digits
 from fpt.cli.options import HALF_OPEN_UNIT, GalleryOpt, JsonOpt
 
 
@@ -21,7 +20,7 @@ def _short_date(iso: str) -> str:
 def gallery_list(gallery: GalleryOpt = None, json_out: JsonOpt = False) -> None:
     """Enrolled models with image counts and dates."""
     from fpt.gallery import load_gallery
-    from fpt.report import print_json, print_table
+    from fpt.report import print_json, print_table, score_digits
 
     g = load_gallery(_gallery_path(gallery))
     rows = [[n, m.count, int(m.low_confidence.sum()), m.created, m.updated,
@@ -149,7 +148,7 @@ def gallery_calibrate(
 
 
 def _print_calibration(cal, vrows, rates, warnings) -> None:
-    from fpt.report import console, print_table, warn
+    from fpt.report import console, print_table, score_digits, warn
 
     if rates:
         console.print("identify / verify decide on the likelihood ratio; " + rates, markup=False)
