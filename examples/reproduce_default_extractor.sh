@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild fpt's shipped default extractor from nothing but real photos: first the synthetic-model
 # pool (288 FD architectures x 2 seeds + 60 grid generators), then 3000 steps of 2-process CPU
-# training, ending with the fit of the fingerprint whitening. About 45 minutes on an idle 2-core
-# machine (pool ~15 min, training ~26 min).
+# training, ending with the fit of the fingerprint whitening for 4 x 4 inference windows
+# (--preset default; the shipped file was made by examples/refit_windows.py --windows 4 from the
+# 3 x 3 run of this same recipe, which does exactly that last step on the same weights).
+# About 45 minutes on an idle 2-core machine (pool ~15 min, training ~26 min).
 #
 #   bash examples/reproduce_default_extractor.sh            # writes fpt/weights/extractor.pt
 #   REAL=/my/photos OUT=my.pt bash examples/reproduce_default_extractor.sh

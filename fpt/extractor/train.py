@@ -121,7 +121,7 @@ PRESETS: dict[str, dict] = {
                     out="fpt/weights/extractor.pt", steps=3000, P=16, K=4, lr=2e-3, warmup=50, schedule="cosine",
                     backbone="resnet18", width=0.25, crop_size=64, residual="highpass", seed=0, holdout_frac=0.15,
                     val_every=100, ckpt_every=100, crops_per_image=6, aug_jpeg_p=0.2, jpeg_quality=(75, 100),
-                    aug_rrc_p=0.1, aug_blur_p=0.1),
+                    aug_rrc_p=0.1, aug_blur_p=0.1, windows=4),  # 4 x 4 windows: docs/extractor-v2.md §8
     "smoke": dict(pool="toy:6", steps=30, P=4, K=4, width=0.125, backbone="resnet10", crop_size=32,
                   val_every=15, ckpt_every=15, val_images_per_model=12, holdout_frac=0.34, crops_per_image=2),
 }
