@@ -122,7 +122,8 @@ def print_table(
         longest = max((len(r[i]) for r in cells if i < len(r)), default=0)
         header = max((len(w) for w in str(col).split()), default=0)
         numeric.append(num)
-        widths.append(max(longest, header) if num else max(min(longest, 12), min(header, 12)))
+        # a number column does not wrap, its header included: it needs the whole header's width
+        widths.append(max(longest, len(str(col))) if num else max(min(longest, 12), min(header, 12)))
     if sum(widths) + 3 * len(columns) + 1 > out.width and len(columns) > 2:
         table = Table(title=title, caption=caption, show_header=False)
         table.add_column(justify="left", overflow="ellipsis", no_wrap=True, max_width=max(8, out.width // 2 - 4))
@@ -298,10 +299,6 @@ def render_pool_ffd(result: Any, pool: str | Path, real: str | Path, *, n: int, 
                     [[r["real_model"], r["l2_to_pool_mean"]] for r in result.per_model])
 
 
-def _cell4(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def _rounded(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _rounded(x) for k, x in v.items() if k != "lr"}
@@ -310,19 +307,16 @@ def _rounded(v: Any) -> Any:
 
 def render_train_result(result: Any) -> None:
     """``fpt train``'s held-out table (a fpt.extractor.train.TrainResult)."""
-    t = Table(title=f"fpt train: {literal(result.out)}  (sha256 {result.sha256[:12]})")
-    t.add_column("held-out architectures")
-    t.add_column(f"crops: extractor ({result.embed_from})", justify="right")
-    t.add_column("crops: azimuthal-integral baseline", justify="right")
+    cols = ["held-out architectures", f"crops: extractor ({result.embed_from})", "crops: azimuthal-integral baseline"]
     if result.whitened:
-        t.add_column("whole images: extractor", justify="right")
-        t.add_column("whole images: + whitening (saved)", justify="right")
+        cols += ["whole images: extractor", "whole images: + whitening (saved)"]
+    rows = []
     for key, label in (("auc", "verification AUC (N_S=1)"), ("id_acc_10shot", "10-shot identification acc")):
-        w = [_cell4(result.unwhitened.get(key, "-")), _cell4(result.whitened.get(key, "-"))] if result.whitened else []
-        t.add_row(label, _cell4(result.chosen.get(key, "-")), _cell4(result.baseline.get(key, "-")), *w)
-    console.print(t)
+        w = [result.unwhitened.get(key), result.whitened.get(key)] if result.whitened else []
+        rows.append([label, result.chosen.get(key), result.baseline.get(key), *w])
+    print_table(f"fpt train: {result.out}  (sha256 {result.sha256[:12]})", cols, rows)
     console.print(f"{result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s); "
-                  f"{result.n_train_models} training models, {result.n_val_models} held-out models")
+                  f"{result.n_train_models} training models, {result.n_val_models} held-out models", markup=False)
 
 
 def render_extractor_info(info: Mapping[str, Any]) -> None:
