@@ -48,8 +48,8 @@ EVIDENCE_RESIDUAL = "highpass"
 #: reference generators. Shown only when the case used that extractor (other weights: unknown).
 README_WEAK_SPOTS = (
     "Modern text-to-image models are the weak spot: over five of them (latent diffusion, Stable Diffusion 1.4, "
-    "Hunyuan-DiT, PixArt-alpha, VQGAN+CLIP) 5-shot identification was 53 % (10-shot 58 %), and models that share "
-    "a decoder (Hunyuan-DiT and PixArt-alpha) are often confused with each other.",
+    "Hunyuan-DiT, PixArt-alpha, VQGAN+CLIP) 5-shot identification was 53 % (10-shot 58 %), and models whose "
+    "decoders are alike (Hunyuan-DiT and PixArt-alpha: Stable-Diffusion-family VAEs) are often confused.",
     "Among 8 real generators, 10-shot identification was 82 %; LDM (42 %), Stable Diffusion 1.4 (53 %) and "
     "StyleGAN2 (81 %) are often confused with each other.",
     "JPEG-recompressed web thumbnails are attributed much less reliably (verification AUC 0.75 from one image "
