@@ -226,7 +226,8 @@ def verify(a: PathsLike, b: PathsLike, gallery=None, extractor=None, *, threshol
     calibrated log10 likelihood ratio reaches ``min_log10_lr`` (LR fitted on ``gallery``'s image
     sets of this size, or on the extractor's cohort with ``lr_from="cohort"``), or when the raw
     cosine reaches ``threshold`` if one is given. ``cohort``: a loaded cohort, a path, or None
-    for the file beside the checkpoint (see :func:`extractor_cohort`; ``on_warning`` gets its warning). Returns :class:`fpt.attribution.Verification`."""
+    for the file beside the checkpoint (see :func:`extractor_cohort`; ``on_warning`` gets its
+    warning). Returns :class:`fpt.attribution.Verification`."""
     from fpt.attribution import verify_embeddings
     from fpt.cohort import Cohort
 

@@ -129,9 +129,8 @@ def _print_identify_table(results: Sequence[Any], failed: Sequence[Any], g: Any,
                       "(docs/calibration.md)", markup=False)
 
 
-def render_verification(v: Any, low: bool) -> None:
+def render_verification(v: Any) -> None:
     """``fpt verify``'s verdict lines (a fpt.attribution.Verification)."""
-
     verdict = "[green]same model[/green]" if v.same_model else "[red]different models[/red]"
     nd = score_digits(v.similarity, v.threshold)
     console.print(f"log10 LR {format_lr(v.log10_lr)}: {v.verbal or 'no LR calibration'} -> {verdict}", markup=True)
@@ -139,6 +138,6 @@ def render_verification(v: Any, low: bool) -> None:
     console.print(f"cosine {v.similarity:.{nd}f}{norm} (A: {v.n_a} image(s), B: {v.n_b} image(s))")
     console.print(f"decision: {v.threshold_source}" + (f" (threshold {v.threshold:.{nd}f})" if v.threshold is not None else ""),
                   markup=False)
-    if low:
+    if v.low_confidence:
         console.print("[yellow]low confidence: some images were smaller than the extractor's window[/yellow]",
                       markup=True)

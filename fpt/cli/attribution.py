@@ -365,7 +365,7 @@ def verify_cmd(
     if json_out:
         print_json(v)
     else:
-        render_verification(v, v.low_confidence)
+        render_verification(v)
     if not v.same_model:
         raise typer.Exit(EXIT_UNKNOWN)
 

@@ -311,6 +311,25 @@ def build_source(cfg: TrainConfig, device: torch.device) -> ModelSource:
     return MultiSource([PoolSource(p, device=dev, only_reached=cfg.only_reached, models=cfg.models) for p in paths])
 
 
+def photo_bank(cfg: TrainConfig) -> CropBank:
+    """The crops of the run's real photos (``cfg.images``)."""
+    if not cfg.images:
+        raise ConfigError("no real images given", hint="pass --images DIR (photos larger than the crop size)")
+    return CropBank.from_folders(cfg.images, cfg.crop_size, crops_per_image=cfg.crops_per_image,
+                                 max_images=cfg.max_images, seed=cfg.seed)
+
+
+def run_split(cfg: TrainConfig, source: ModelSource,
+              bank: CropBank) -> tuple[list[str], list[str], CropBank, CropBank]:
+    """The run's held-out split: ``(train_ids, val_ids, train_bank, val_bank)`` — whole
+    architectures held out of ``source``, whole photos held out of ``bank``. One function, so a
+    rebuilt run (:func:`recorded_run`) holds out exactly what :func:`train` held out."""
+    train_bank, val_bank = bank.split(cfg.val_image_frac, seed=cfg.seed)
+    train_ids, val_ids = split_models(source.model_ids, holdout_frac=cfg.holdout_frac,
+                                      holdout_pattern=cfg.holdout_pattern, seed=cfg.seed)
+    return train_ids, val_ids, train_bank, val_bank
+
+
 def state_path_for(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.stem + ".state.pt")
@@ -355,14 +374,8 @@ def train(cfg: TrainConfig, *, resume: bool = False,
     torch.manual_seed(cfg.seed)
 
     source = source or build_source(cfg, device)
-    if bank is None:
-        if not cfg.images:
-            raise ConfigError("no real images given", hint="pass --images DIR (photos larger than the crop size)")
-        bank = CropBank.from_folders(cfg.images, cfg.crop_size, crops_per_image=cfg.crops_per_image,
-                                     max_images=cfg.max_images, seed=cfg.seed)
-    train_bank, val_bank = bank.split(cfg.val_image_frac, seed=cfg.seed)
-    train_ids, val_ids = split_models(source.model_ids, holdout_frac=cfg.holdout_frac,
-                                      holdout_pattern=cfg.holdout_pattern, seed=cfg.seed)
+    bank = bank if bank is not None else photo_bank(cfg)
+    train_ids, val_ids, train_bank, val_bank = run_split(cfg, source, bank)
     stream = FingerprintStream(source, train_ids, train_bank, P=cfg.P, K=cfg.K, seed=cfg.seed, rank=rank,
                                augment=cfg.augment())
 
@@ -617,11 +630,7 @@ def recorded_run(ex: Extractor, *, pool: str | None = None, device: str | torch.
         rec["pool"] = pool
     cfg = TrainConfig(**rec)
     source = build_source(cfg, select_device(device) if isinstance(device, str) else device)
-    bank = CropBank.from_folders(cfg.images, cfg.crop_size, crops_per_image=cfg.crops_per_image,
-                                 max_images=cfg.max_images, seed=cfg.seed)
-    train_bank, val_bank = bank.split(cfg.val_image_frac, seed=cfg.seed)
-    train_ids, val_ids = split_models(source.model_ids, holdout_frac=cfg.holdout_frac,
-                                      holdout_pattern=cfg.holdout_pattern, seed=cfg.seed)
+    train_ids, val_ids, train_bank, val_bank = run_split(cfg, source, photo_bank(cfg))
     if sorted({i.split("/")[0] for i in val_ids}) != sorted(ex.config.get("heldout_archs", [])):
         raise CheckpointError("the rebuilt model split is not the one this checkpoint recorded", path=ex.path,
                               hint="pass the pool it was trained on")
