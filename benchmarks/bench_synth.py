@@ -19,6 +19,11 @@ Reach-target study (issue 14): ``--archs`` picks any ids (paper FD, grid or late
   python benchmarks/bench_synth.py --size 32 --width 16 --batch 16 --max-steps 1000 --patience 5 --no-plain
   python benchmarks/bench_synth.py --archs 'LD-f8-z4-nearest-res-gn-silu-ae,LD-f16-z4-deconv-plain-none-silu-vq' \
       --size 64 --width 8 --batch 8 --max-steps 50 --no-plain
+
+Models per launch (``--group G --seeds S``, S >= G): the same models are trained a second time with
+G seeds of an architecture stacked into one ``torch.func.vmap`` launch (``fpt synth --group``), and
+the ratio printed, e.g.
+  python benchmarks/bench_synth.py --models 3 --seeds 4 --group 4 --size 32 --batch 16 --max-steps 100 --workers 1 --no-plain
 """
 
 from __future__ import annotations
@@ -112,10 +117,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-3, help="Adam lr (fpt synth's default)")
     ap.add_argument("--patience", type=int, default=0, help="plateau rule: checks without a 2%% gain (0 = off)")
     ap.add_argument("--no-plain", action="store_true", help="skip the naive-loop comparison")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per architecture")
+    ap.add_argument("--group", type=int, default=1, help="also time G seeds per launch (fpt synth --group G)")
     args = ap.parse_args()
 
     archs = [a.strip() for a in args.archs.split(",")] if args.archs else ARCHS[: args.models]
-    seeds = [0]
+    seeds = list(range(args.seeds))
     files = find_images(args.images)
     cfg = TrainConfig(size=args.size, batch=args.batch, max_steps=args.max_steps, width=args.width, lr=args.lr,
                       patience=args.patience)
@@ -131,8 +138,19 @@ def main() -> None:
     t_bank = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         trained, _ = build_pool(Path(tmp) / "bench.h5", plan_jobs([parse_arch_id(a) for a in archs], seeds),
-                                bank, cfg, workers=args.workers)
+                                bank, cfg, workers=args.workers, group=1)
     t_ours = time.perf_counter() - t0
+    if args.group > 1:
+        t1 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            grouped, _ = build_pool(Path(tmp) / "bench.h5", plan_jobs([parse_arch_id(a) for a in archs], seeds),
+                                    bank, cfg, workers=args.workers, group=args.group)
+        t_group = time.perf_counter() - t1
+        same = sum(a.steps == b.steps for a, b in zip(sorted(trained, key=lambda r: r.model_id),
+                                                        sorted(grouped, key=lambda r: r.model_id)))
+        print(f"grouped x{args.group} : {t_group / n:7.2f} s/model wall vs one at a time {(t_ours - t_bank) / n:7.2f} "
+              f"({(t_ours - t_bank) / t_group:.2f}x), same stop step for {same}/{n} models, "
+              f"{sum(r.reached_target for r in grouped)}/{n} reached target")
     reached = sum(r.reached_target for r in trained)
     steps = [r.steps for r in trained]
     print(f"fpt pipeline : {t_ours / n:7.1f} s/model wall (bank {t_bank:.1f} s), {reached}/{n} reached target, "

@@ -49,6 +49,7 @@ def build(
     max_images: int = typer.Option(0, "--max-images", min=0, help="Use at most this many images (0 = all)."),
     device: DeviceOpt = "auto",
     workers: int = typer.Option(1, "--workers", min=1, help="CPU processes (one per core)."),
+    group: int = typer.Option(0, "--group", min=0, help="Seeds of one architecture trained together in one launch (torch.func.vmap); 0 = auto: 16 on CUDA, 1 on CPU."),
     shard: str = typer.Option(None, "--shard", help="Build only part i of n of the job list: 'i/n' (0-based); under torchrun each rank takes its share of it."),
     channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="channels-last memory format (faster on CPU)."),
     json_out: JsonOpt = False,
@@ -68,8 +69,7 @@ def build(
     from fpt.synth.pool import build_pool, summarise
     from fpt.synth.train import CropBank, TrainConfig
 
-    # --shard and torchrun ranks make one part each (fpt.scan.shard_spec), all into the same pool:
-    # its journal + lock make concurrent writers safe, so torchrun needs no merge step
+    # --shard / torchrun ranks each make a part of one pool (journal + lock: no merge step needed)
     sh = shard_spec(shard)
     jobs = plan_pool(arch=arch, ld_arch=ld_arch, blocks=blocks, seeds=seeds, seed_start=seed_start,
                      grid_depths=grid_depths, grid_seeds=grid_seeds, size=size,
@@ -80,7 +80,7 @@ def build(
     bank = CropBank.from_folder(images, size, n_crops=crops, max_images=max_images or None, on_skip=warn)
     with pool_progress(out) as (on_start, on_done):
         trained, skipped = build_pool(out, jobs, bank, cfg, device=select_device(device), workers=workers,
-                                      on_start=on_start, on_done=on_done)
+                                      group=group, on_start=on_start, on_done=on_done)
     rows = summarise(trained)
     if json_out:
         print_json({"pool": str(out), "trained": len(trained), "skipped": skipped, "summary": rows})

@@ -45,6 +45,8 @@ __all__ = ["Pool", "PoolWriter", "ModelRecord", "fingerprint", "merge_pools", "j
            "POOL_KIND", "POOL_SCHEMA"]
 
 _RECORD_FIELDS = [f.name for f in fields(ModelRecord) if f.name != "extra"]
+_OPTIONAL_FIELDS = {"group"}  # added after pools were written
+AUTO_GROUP = 16  # models per launch on a GPU: small nets leave a GPU idle one at a time
 
 
 def journal_dir(path: str | Path) -> Path:
@@ -68,6 +70,8 @@ def _write_model(root: h5py.Group, state: dict[str, np.ndarray], rec: ModelRecor
 def _read_record(g: h5py.Group) -> ModelRecord:
     vals = {}
     for name in _RECORD_FIELDS:
+        if name not in g.attrs and name in _OPTIONAL_FIELDS:
+            continue  # written before the field existed: its default holds
         v = g.attrs[name]
         if isinstance(v, bytes):
             v = v.decode()
@@ -363,13 +367,18 @@ def pool_config(cfg, bank) -> dict:
     return c
 
 
-def build_pool(out: str | Path, jobs, bank, cfg, *, device="cpu", workers: int = 1,
+def build_pool(out: str | Path, jobs, bank, cfg, *, device="cpu", workers: int = 1, group: int = 0,
                commit_every: int = COMMIT_EVERY, on_start=None, on_done=None) -> tuple[list[ModelRecord], int]:
     """Train every job not yet in ``out`` and store it; returns (records trained now, skipped).
 
-    Resumable: models already in the pool (or in its crash journal) are skipped.
+    Resumable: models already in the pool (or in its crash journal) are skipped. ``group``: seeds
+    of one architecture trained together (``fpt.synth.many``); 0 = ``AUTO_GROUP`` on CUDA, 1
+    elsewhere (on CPU one model per process and core is as fast: benchmarks/bench_synth.py).
     """
-    from fpt.synth.train import model_id, train_many
+    if not group:
+        group = AUTO_GROUP if torch.device(device).type == "cuda" else 1
+    from fpt.synth.many import train_many
+    from fpt.synth.train import model_id
 
     with PoolWriter(out, pool_config(cfg, bank), commit_every=commit_every) as writer:
         todo = [(a, s) for a, s in jobs if model_id(a, s) not in writer.done]
@@ -377,7 +386,7 @@ def build_pool(out: str | Path, jobs, bank, cfg, *, device="cpu", workers: int =
         if on_start:
             on_start(len(todo), skipped)
         trained = []
-        for state, rec in train_many(todo, bank, cfg, device=device, workers=workers):
+        for state, rec in train_many(todo, bank, cfg, device=device, workers=workers, group=group):
             writer.add(state, rec)
             trained.append(rec)
             if on_done:

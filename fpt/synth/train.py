@@ -10,7 +10,7 @@ Speed levers (see benchmarks/bench_synth.py for the measurements):
 - channels-last memory format (1.12x per step at 32 px, 1.22x at 128 px on this CPU);
 - one pre-decoded ``CropBank`` tensor shared by every model (no per-model decoding / DataLoader);
 - early stop at the target (most architectures need a few hundred steps, not a fixed budget);
-- one process per core (``train_many(workers=n)``, fork shares the crop bank copy-on-write);
+- one process per core (``fpt.synth.many.train_many(workers=n)``, fork shares the crop bank copy-on-write);
 - on CUDA: AMP through ``fpt.devices.autocast_context``.
 
 Every model is reproducible bit-for-bit on CPU for a given (architecture, seed, config, crop
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -84,6 +84,7 @@ class ModelRecord:
     width: int
     kernel: int
     device: str = "cpu"
+    group: int = 1                 # models trained together in one launch (fpt.synth.many)
     extra: dict = field(default_factory=dict)
 
     def to_attrs(self) -> dict:
@@ -299,54 +300,3 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 def shard_jobs(jobs: Sequence[Job], i: int, n: int) -> list[Job]:
     """Every n-th job starting at i: disjoint shards, each with a mix of architectures."""
     return list(jobs[i::n])
-
-
-_WORKER_BANK: CropBank | None = None
-
-
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-    # a worker must not turn the parent's Ctrl-C into a traceback; the parent stops it
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _worker_train(args: tuple[str, int, TrainConfig]) -> tuple[dict[str, np.ndarray], ModelRecord]:
-    arch_id, seed, cfg = args
-    assert _WORKER_BANK is not None
-    return train_one(parse_arch_id(arch_id), seed, _WORKER_BANK, cfg, "cpu")
-
-
-def train_many(jobs: Sequence[Job], bank: CropBank, cfg: TrainConfig, *, device: str | torch.device = "cpu",
-               workers: int = 1, threads_per_worker: int = 1,
-               on_done: Callable[[dict[str, np.ndarray], ModelRecord], None] | None = None) -> Iterator[tuple[dict[str, np.ndarray], ModelRecord]]:
-    """Train ``jobs``, yielding (state, record) as each finishes (completion order).
-
-    ``workers > 1`` (CPU only) runs one process per worker, forked so they share the crop bank
-    copy-on-write; each uses ``threads_per_worker`` torch threads. On CUDA models are trained
-    one after another on the device (the GPU is the bottleneck, not Python).
-    """
-    device = torch.device(device)
-    if workers > 1 and device.type != "cpu":
-        raise ConfigError("--workers > 1 is for CPU training", hint="on a GPU use --workers 1")
-    if workers <= 1 or len(jobs) <= 1:
-        for spec, seed in jobs:
-            yield train_one(spec, seed, bank, cfg, device)
-        return
-    import multiprocessing as mp
-
-    global _WORKER_BANK
-    _WORKER_BANK = bank
-    ctx = mp.get_context("fork")
-    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(threads_per_worker,))
-    try:
-        for result in pool.imap_unordered(_worker_train, [(a.id, s, cfg) for a, s in jobs]):
-            yield result
-        pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
-        pool.join()
-        _WORKER_BANK = None
