@@ -67,3 +67,32 @@ def test_pool_source_model_patterns_make_sub_pools(tmp_path):
     assert len(PoolSource(path, models="K1-*, grid-*").model_ids) == 6
     with pytest.raises(ConfigError, match="keeps 0"):
         PoolSource(path, models="nothing-*")
+
+
+def test_only_learned_leaves_out_collapsed_models(tmp_path):
+    """--only-learned: models recorded as not beating a constant output are not classes; pools
+    written before the baseline was recorded keep every model."""
+    import h5py
+
+    from fpt.extractor.data import PoolSource
+
+    path = tmp_path / "pool.h5"
+    _tiny_pool(path)
+    fd = ("K1-L1-post-nearest-relu-none", "K1-L1-post-deconv-none-bn", "K2-L1-pre-bilinear-tanh-in")
+    with h5py.File(path, "r+") as f:  # one FD model collapsed (0.079 vs a constant's 0.08), the rest learned
+        for arch in fd:
+            for s in ("s000", "s001"):
+                f["models"][arch][s].attrs["baseline_loss"] = 0.08
+                f["models"][arch][s].attrs["final_loss"] = 0.079 if (arch, s) == (fd[1], "s000") else 0.01
+    every = PoolSource(path)
+    assert len(every.model_ids) == 8  # off by default
+    src = PoolSource(path, only_learned=True)
+    assert "K1-L1-post-deconv-none-bn/s000" not in src.model_ids and len(src.model_ids) == 7
+    assert src.describe()["unlearned_dropped"] == 1
+    every.pool.close()
+    src.pool.close()
+    with h5py.File(path, "r+") as f:  # every FD model collapsed, only the two grid models stay
+        for arch in fd:
+            for s in ("s000", "s001"):
+                f["models"][arch][s].attrs["final_loss"] = 0.08
+    assert PoolSource(path, only_learned=True).model_ids == ["grid-D3/s000", "grid-D3/s001"]

@@ -91,8 +91,11 @@ def test_models_leave_the_group_at_their_own_stop_step():
 def test_plateau_rule_stops_each_model_in_a_group_as_alone():
     spec = parse_arch_id("K1-L1-post-bilinear-relu-none")
     cfg = dataclasses.replace(CFG, max_steps=200, patience=2, plateau_rel=0.5)  # stops soon on a plateau
-    alone = [train_one(spec, s, BANK, cfg)[1] for s in SEEDS]
-    together = [r for _, r in train_group(spec, SEEDS, BANK, cfg)]
+    # smooth colour fields: learnable, so the plateau rule (which waits for learning) can act
+    low = torch.rand(32, 3, 3, 3, generator=torch.Generator().manual_seed(1))
+    smooth = CropBank(torch.nn.functional.interpolate(low, size=(16, 16), mode="bilinear", align_corners=True))
+    alone = [train_one(spec, s, smooth, cfg)[1] for s in SEEDS]
+    together = [r for _, r in train_group(spec, SEEDS, smooth, cfg)]
     assert all(r.steps < 200 for r in alone)
     assert [r.steps for r in together] == [r.steps for r in alone]
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from fpt.errors import ConfigError
 from fpt.synth.nets import build_model, fingerprint
 from fpt.synth.space import parse_arch_id
-from fpt.synth.train import (CropBank, TrainConfig, load_state, model_seed, parse_shard, plan_jobs, shard_jobs,
-                             split_model_id, train_one)
+from fpt.synth.train import (LEARNED_FRACTION, CropBank, ModelRecord, TrainConfig, constant_mse, learned, load_state,
+                             model_seed, parse_shard, plan_jobs, plateau_update, shard_jobs, split_model_id, train_one)
 
 
 
@@ -125,3 +125,43 @@ def test_pool_config_leaves_out_the_plateau_rule_when_off():
     assert "patience" not in off and "plateau_rel" not in off  # older pools still resume
     on = pool_config(TrainConfig(size=16, patience=5), bank)
     assert on["patience"] == 5 and on["plateau_rel"] == 0.02
+
+
+def test_constant_mse_is_the_loss_of_the_best_constant_output():
+    crops = torch.zeros(2, 3, 1, 2)
+    crops[0, 0, 0, 0] = crops[1, 0, 0, 1] = 1.0
+    # channel 0 holds 0 and 1 in equal numbers (mean 0.5, every squared error 0.25), channels 1-2 are constant
+    assert constant_mse(crops) == pytest.approx(0.25 / 3)
+
+
+def test_plateau_counts_only_once_the_model_has_learned():
+    cfg = TrainConfig(patience=3, plateau_rel=0.02)
+    base = 0.06
+    # improving by more than 2 %: new best, counter reset
+    assert plateau_update(0.05, 0.06, 2, base, cfg) == (0.05, 0)
+    # flat, but still above half the constant output's MSE (initial flat stretch): not stale
+    assert plateau_update(0.0599, 0.06, 2, base, cfg) == (0.06, 2)
+    # flat after learning: one more stale check
+    assert plateau_update(0.0199, 0.02, 1, base, cfg) == (0.02, 2)
+    # a diverged (nan) loss never counts as progress or as a plateau
+    assert plateau_update(float("nan"), 0.02, 1, base, cfg) == (0.02, 1)
+
+
+def test_learned_flags_models_that_never_beat_a_constant_output():
+    def rec(loss, base):
+        return ModelRecord(model_id="m/s000", arch="m", family="ld", seed=0, steps=1, final_loss=loss, wall_s=0.0,
+                           reached_target=False, target=0.005, size=16, width=4, kernel=3, baseline_loss=base)
+
+    assert learned(rec(0.01, 0.06)) and not learned(rec(0.04, 0.06)) and not learned(rec(17.5, 0.06))
+    assert not learned(rec(float("nan"), 0.06))
+    assert learned(rec(0.04, float("nan")))  # grid generators / pools from before the baseline
+
+
+def test_plateau_rule_waits_through_the_initial_flat_stretch():
+    """With the plateau rule on, a model that has not yet learned keeps training (here to the cap)
+    instead of stopping on its first flat checks; its record carries the baseline."""
+    bank = smooth_bank()
+    cfg = TrainConfig(size=16, width=4, batch=4, max_steps=30, lr=1e-6, patience=1, val_batch=8)
+    _, r = train_one(parse_arch_id("K1-L1-post-nearest-relu-none"), 0, bank, cfg)
+    assert r.steps == 30 and not learned(r)
+    assert 0 < r.baseline_loss < 1 and r.final_loss >= LEARNED_FRACTION * r.baseline_loss

@@ -13,6 +13,7 @@ from fpt.cli.options import DEVICE_HELP, HALF_OPEN_UNIT, NON_NEGATIVE, POSITIVE,
 def train_cmd(
     pool: Optional[List[str]] = typer.Option(None, "--pool", help="Synthetic-model pool (fpt synth output; repeatable), or toy:N for a smoke test."),
     only_reached: Optional[bool] = typer.Option(None, "--only-reached/--all-models", help="Use only pool models that reached their training target (default: all)."),
+    only_learned: Optional[bool] = typer.Option(None, "--only-learned", help="Leave out pool models that never beat a constant output (collapsed; `fpt synth info` counts them)."),
     models: Optional[str] = typer.Option(None, "--models", help="Train only on pool models whose ids match these comma-separated fnmatch patterns, e.g. 'K*' (FD only) or 'grid-*'."),
     images: Optional[List[Path]] = typer.Option(None, "--images", help="Folder(s) of real photos to fingerprint (repeatable)."),
     out: Path = typer.Option(..., "--out", help="Extractor checkpoint to write (required; resume state goes beside it as NAME.state.pt). Its folder must exist."),
@@ -62,8 +63,7 @@ def train_cmd(
     """Train a fingerprint extractor on synthetic models (zero-shot: no real generator is used)."""
     options = {k: v for k, v in locals().items() if k not in ("preset", "force", "resume", "json_out", "quiet")}
     from fpt.storage import check_writable
-    # Before any work or torch import, never a silent overwrite (a run once replaced the shipped weights).
-    check_writable(out, what="extractor checkpoint", overwrite=force or resume)
+    check_writable(out, what="extractor checkpoint", overwrite=force or resume)  # before any work: no silent overwrite
     from fpt.extractor.train import training_config
 
     cfg = training_config(preset, options)  # the options are named as TrainConfig's fields

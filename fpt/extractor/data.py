@@ -55,11 +55,12 @@ class PoolSource:
 
     Models are loaded once and kept (synthetic models are tiny); ``only_reached`` drops models
     that did not reach their training target (their "fingerprint" would be an untrained net's);
+    ``only_learned`` drops only those that never beat a constant output (``fpt.synth.train.learned``);
     ``models`` keeps only ids matching comma-separated fnmatch patterns.
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", only_reached: bool = False,
-                 models: str | None = None) -> None:
+                 models: str | None = None, only_learned: bool = False) -> None:
         from fpt.synth.pool import Pool
 
         self.path = Path(path)
@@ -73,6 +74,17 @@ class PoolSource:
             if len(ids) < 2:
                 raise ConfigError(f"--models '{models}' keeps {len(ids)} pool model(s); training needs 2+",
                                   path=self.path, hint="patterns match model ids such as 'K2-*' or 'grid-*'")
+        self.unlearned = 0
+        if only_learned:
+            # a model that never beat a constant output is an untrained net, not a generator
+            from fpt.synth.train import learned
+
+            kept = [mid for mid in ids if learned(self.pool.record(mid))]
+            self.unlearned = len(ids) - len(kept)
+            if len(kept) < 2:
+                raise ConfigError(f"only {len(kept)} of {len(ids)} pool models learned to reconstruct their images",
+                                  path=self.path, hint="rebuild the pool with a lower --lr or more --max-steps")
+            ids = kept
         if only_reached:
             kept = []
             for mid in ids:
@@ -101,7 +113,7 @@ class PoolSource:
         return fingerprint(self._model(model_id), family, crops.to(self.device), generator)
 
     def describe(self) -> dict:
-        return {"pool": str(self.path), "models": len(self.model_ids)}
+        return {"pool": str(self.path), "models": len(self.model_ids), "unlearned_dropped": self.unlearned}
 
 
 class MultiSource:

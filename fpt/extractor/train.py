@@ -35,6 +35,7 @@ class TrainConfig:
 
     pool: str | None = None              # pool.h5 (comma-separated for several), or "toy:N[:S]"
     only_reached: bool = False           # train only on pool models that reached their target
+    only_learned: bool = False           # ... or only on those that beat a constant output (fpt.synth.train.learned)
     models: str | None = None            # fnmatch pattern(s) of pool model ids to train on (ablations)
     images: list[str] = field(default_factory=list)
     out: str = "extractor.pt"
@@ -307,8 +308,10 @@ def build_source(cfg: TrainConfig, device: torch.device) -> ModelSource:
     dev = device if device.type == "cuda" else "cpu"
     paths = [p for p in cfg.pool.split(",") if p]
     if len(paths) == 1:
-        return PoolSource(paths[0], device=dev, only_reached=cfg.only_reached, models=cfg.models)
-    return MultiSource([PoolSource(p, device=dev, only_reached=cfg.only_reached, models=cfg.models) for p in paths])
+        return PoolSource(paths[0], device=dev, only_reached=cfg.only_reached, models=cfg.models,
+                          only_learned=cfg.only_learned)
+    return MultiSource([PoolSource(p, device=dev, only_reached=cfg.only_reached, models=cfg.models,
+                                   only_learned=cfg.only_learned) for p in paths])
 
 
 def photo_bank(cfg: TrainConfig) -> CropBank:

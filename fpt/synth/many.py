@@ -33,7 +33,8 @@ from fpt.devices import autocast_context
 from fpt.synth.nets import build_model
 from fpt.errors import ConfigError
 from fpt.synth.space import ArchSpec, parse_arch_id
-from fpt.synth.train import CropBank, Job, ModelRecord, TrainConfig, model_id, model_seed, train_one
+from fpt.synth.train import (CropBank, Job, ModelRecord, TrainConfig, constant_mse, model_id, model_seed,
+                              plateau_update, train_one)
 
 
 class _Stack:
@@ -112,6 +113,7 @@ def train_group(spec: ArchSpec, seeds: Sequence[int], bank: CropBank, cfg: Train
         val = torch.stack([crops[torch.randint(0, n, (min(cfg.val_batch, n),), generator=torch.Generator().manual_seed(s + 2))]
                            for s in base_seeds])
     val = val.to(device)
+    baselines = [float("nan")] * m_all if grid else [constant_mse(v) for v in val]
 
     def batch(rows: list[int]) -> torch.Tensor:
         if grid:
@@ -164,18 +166,15 @@ def train_group(spec: ArchSpec, seeds: Sequence[int], bank: CropBank, cfg: Train
             if reached(final[i]) or step == cfg.max_steps:
                 done.append(row)
             elif plateau:
-                if final[i] < best[i] * (1.0 - cfg.plateau_rel):
-                    best[i], stale[i] = final[i], 0
-                else:
-                    stale[i] += 1
-                    if stale[i] >= cfg.patience:
-                        done.append(row)
+                best[i], stale[i] = plateau_update(final[i], best[i], stale[i], baselines[i], cfg)
+                if stale[i] >= cfg.patience:
+                    done.append(row)
         if done:
             elapsed = time.perf_counter() - t0
             for row in done:
                 i = active[row]
                 results[i] = (stack.state(row), _record(spec, seeds[i], step, final[i], reached(final[i]),
-                                                         elapsed / m_all, cfg, device, m_all))
+                                                         elapsed / m_all, cfg, device, m_all, baselines[i]))
             rows = [r for r in range(len(active)) if r not in done]
             active = [active[r] for r in rows]
             if active:
@@ -185,17 +184,17 @@ def train_group(spec: ArchSpec, seeds: Sequence[int], bank: CropBank, cfg: Train
         held = losses(val[active], False)[1].cpu().tolist()
         for row, i in enumerate(active):
             results[i] = (stack.state(row), _record(spec, seeds[i], step, held[row], reached(held[row]),
-                                                     elapsed / m_all, cfg, device, m_all))
+                                                     elapsed / m_all, cfg, device, m_all, baselines[i]))
     return [results[i] for i in range(m_all)]
 
 
 def _record(spec: ArchSpec, seed: int, steps: int, loss: float, ok: bool, wall_s: float,
-            cfg: TrainConfig, device: torch.device, group: int) -> ModelRecord:
+            cfg: TrainConfig, device: torch.device, group: int, baseline: float) -> ModelRecord:
     return ModelRecord(
         model_id=model_id(spec, seed), arch=spec.id, family=spec.family, seed=int(seed), steps=steps,
         final_loss=float(loss), wall_s=float(wall_s), reached_target=bool(ok),
         target=cfg.grid_target if spec.is_grid else cfg.target, size=cfg.size, width=cfg.width,
-        kernel=cfg.kernel, device=str(device), group=group,
+        kernel=cfg.kernel, device=str(device), group=group, baseline_loss=baseline,
     )
 
 

@@ -45,7 +45,7 @@ __all__ = ["Pool", "PoolWriter", "ModelRecord", "fingerprint", "merge_pools", "j
            "POOL_KIND", "POOL_SCHEMA"]
 
 _RECORD_FIELDS = [f.name for f in fields(ModelRecord) if f.name != "extra"]
-_OPTIONAL_FIELDS = {"group"}  # added after pools were written
+_OPTIONAL_FIELDS = {"group", "baseline_loss"}  # added after pools were written
 AUTO_GROUP = 16  # models per launch on a GPU: small nets leave a GPU idle one at a time
 
 
@@ -400,6 +400,7 @@ def summarise(records: list[ModelRecord], by: str = "family") -> list[dict]:
     ``by``: "family" (fd / grid), or a factor name K, L, S, U, A, N, D.
     """
     from fpt.synth.space import factors
+    from fpt.synth.train import learned
 
     groups: dict[str, list[ModelRecord]] = {}
     for r in records:
@@ -417,6 +418,7 @@ def summarise(records: list[ModelRecord], by: str = "family") -> list[dict]:
         rows.append({
             "group": key, "models": len(rs), "archs": len({r.arch for r in rs}),
             "reached": float(np.mean([r.reached_target for r in rs])),
+            "learned": float(np.mean([learned(r) for r in rs])),
             "loss_p10": float(np.nanquantile(loss, 0.1)), "loss_p50": float(np.nanquantile(loss, 0.5)),
             "loss_p90": float(np.nanquantile(loss, 0.9)),
             "steps_p50": float(np.median([r.steps for r in rs])),

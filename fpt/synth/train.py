@@ -85,6 +85,7 @@ class ModelRecord:
     kernel: int
     device: str = "cpu"
     group: int = 1                 # models trained together in one launch (fpt.synth.many)
+    baseline_loss: float = float("nan")  # FD / LD: held-out MSE of a constant output (see learned())
     extra: dict = field(default_factory=dict)
 
     def to_attrs(self) -> dict:
@@ -110,6 +111,39 @@ def split_model_id(mid: str) -> tuple[ArchSpec, int]:
 def model_seed(arch_id: str, seed: int) -> int:
     """Stable 31-bit seed per (architecture, seed): different architectures never share RNG draws."""
     return zlib.crc32(f"{arch_id}/{seed}".encode()) & 0x7FFFFFFF
+
+
+# A model "learned" when its held-out MSE is below this share of a constant output's (each
+# channel's mean of the held-out crops). Seen in a latent-decoder pool: without it, the plateau
+# rule stopped half the models on their initial flat phase, at or above the constant's MSE —
+# untrained nets, not generators. The plateau rule waits for this; pools drop models that miss it.
+LEARNED_FRACTION = 0.5
+
+
+def constant_mse(crops: torch.Tensor) -> float:
+    """MSE of the best constant output (the crops' per-channel mean): the loss of learning nothing."""
+    c = crops.float()
+    return float((c - c.mean(dim=(0, 2, 3), keepdim=True)).square().mean())
+
+
+def learned(rec: "ModelRecord") -> bool:
+    """False for an FD / latent-decoder model that does not beat a constant output by
+    ``LEARNED_FRACTION`` (or diverged)."""
+    base = rec.baseline_loss
+    if not math.isfinite(base):
+        return True  # a grid generator, or a pool written before the baseline was recorded
+    return math.isfinite(rec.final_loss) and rec.final_loss < LEARNED_FRACTION * base
+
+
+def plateau_update(loss: float, best: float, stale: int, baseline: float, cfg: "TrainConfig") -> tuple[float, int]:
+    """One held-out check of the plateau rule: (best so far, checks in a row without a
+    ``plateau_rel`` gain). A check counts as stale only once the model has learned (see
+    ``LEARNED_FRACTION``): a model still on its initial flat stretch is not on a plateau."""
+    if loss < best * (1.0 - cfg.plateau_rel):
+        return loss, 0
+    if loss < LEARNED_FRACTION * baseline:
+        return best, stale + 1
+    return best, stale
 
 
 # ------------------------------------------------------------------------------ crop bank
@@ -207,9 +241,11 @@ def train_one(spec: ArchSpec, seed: int, bank: CropBank, cfg: TrainConfig = Trai
                 mag = float(model(z).float().abs().mean())
             model.train()
             return mag, abs(mag - cfg.grid_target) <= cfg.grid_tolerance * cfg.grid_target
+        baseline = float("nan")
     else:
         vg = torch.Generator().manual_seed(s + 2)
         val = crops[torch.randint(0, n, (min(cfg.val_batch, n),), generator=vg)].to(device, memory_format=fmt)
+        baseline = constant_mse(val)
 
         def batch_loss() -> torch.Tensor:
             idx = torch.randint(0, n, (cfg.batch,), generator=g)
@@ -247,13 +283,9 @@ def train_one(spec: ArchSpec, seed: int, bank: CropBank, cfg: TrainConfig = Trai
                 if reached:
                     break
                 if plateau:
-                    # a model that stopped improving keeps its fingerprint: more steps only cost time
-                    if final < best * (1.0 - cfg.plateau_rel):
-                        best, stale = final, 0
-                    else:
-                        stale += 1
-                        if stale >= cfg.patience:
-                            break
+                    best, stale = plateau_update(final, best, stale, baseline, cfg)
+                    if stale >= cfg.patience:
+                        break
     if math.isnan(final):
         final, reached = criterion()
     model.eval()
@@ -262,7 +294,7 @@ def train_one(spec: ArchSpec, seed: int, bank: CropBank, cfg: TrainConfig = Trai
         model_id=model_id(spec, seed), arch=spec.id, family=spec.family, seed=int(seed), steps=step,
         final_loss=float(final), wall_s=time.perf_counter() - t0, reached_target=bool(reached),
         target=cfg.grid_target if spec.is_grid else cfg.target, size=cfg.size, width=cfg.width,
-        kernel=cfg.kernel, device=str(device),
+        kernel=cfg.kernel, device=str(device), baseline_loss=baseline,
     )
     return state, rec
 
