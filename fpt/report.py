@@ -286,7 +286,7 @@ def render_pool_summary(rows: list[Mapping[str, Any]], title: str) -> None:
                                f"{100 * r['learned']:.1f}%", r["loss_p10"], r["loss_p50"], r["loss_p90"],
                                r["steps_p50"], r["wall_s_p50"], r["wall_s_total"]] for r in rows],
                 caption="reached: share at target; learned: share under half a constant output's MSE "
-                        "(the rest are left out of fpt train); loss: FD = reconstruction MSE (target 0.005), "
+                        "(fpt train --only-learned leaves the rest out); loss: FD = reconstruction MSE (target 0.005), "
                         "grid = mean |noise| (target 0.005); steps, s/model: medians; CPU-s: total")
 
 
