@@ -33,8 +33,8 @@ from fpt.devices import autocast_context
 from fpt.synth.nets import build_model
 from fpt.errors import ConfigError
 from fpt.synth.space import ArchSpec, parse_arch_id
-from fpt.synth.train import (CropBank, Job, ModelRecord, TrainConfig, constant_mse, model_id, model_seed,
-                              plateau_update, train_one)
+from fpt.synth.train import (GATE_SLACK, CropBank, Job, ModelRecord, TrainConfig, at_target, constant_mse, model_id,
+                              model_seed, plateau_update, train_one)
 
 
 class _Stack:
@@ -110,8 +110,9 @@ def train_group(spec: ArchSpec, seeds: Sequence[int], bank: CropBank, cfg: Train
         val_shape = stack.base.noise_shape(cfg.val_batch, cfg.size, cfg.size)
         val = torch.stack([torch.randn(val_shape, generator=torch.Generator().manual_seed(s + 2)) for s in base_seeds])
     else:
-        val = torch.stack([crops[torch.randint(0, n, (min(cfg.val_batch, n),), generator=torch.Generator().manual_seed(s + 2))]
-                           for s in base_seeds])
+        draws = [torch.randint(0, n, (min(cfg.val_batch, n),), generator=torch.Generator().manual_seed(s + 2))
+                 for s in base_seeds]
+        val = torch.stack([crops[d] for d in draws])
     val = val.to(device)
     baselines = [float("nan")] * m_all if grid else [constant_mse(v) for v in val]
 
@@ -132,9 +133,7 @@ def train_group(spec: ArchSpec, seeds: Sequence[int], bank: CropBank, cfg: Train
         return mse + aux.float(), mse
 
     def reached(v: float) -> bool:
-        if grid:
-            return abs(v - cfg.grid_target) <= cfg.grid_tolerance * cfg.grid_target
-        return v <= cfg.target
+        return at_target(v, grid, cfg)
 
     active = list(range(m_all))          # rows of the stack -> index into seeds
     results: dict[int, tuple[dict[str, np.ndarray], ModelRecord]] = {}
@@ -157,7 +156,7 @@ def train_group(spec: ArchSpec, seeds: Sequence[int], bank: CropBank, cfg: Train
         held: list[float] | None = None
         done: list[int] = []
         for row, i in enumerate(active):
-            close = (mon[row] <= cfg.target * 1.2) if not grid else abs(mon[row] - cfg.grid_target) <= 2 * cfg.grid_tolerance * cfg.grid_target
+            close = at_target(mon[row], grid, cfg, GATE_SLACK[grid])
             if not (close or step == cfg.max_steps or plateau):
                 continue
             if held is None:  # one held-out pass for the whole stack (eval mode, as train_one)
