@@ -33,8 +33,8 @@ from fpt.devices import autocast_context
 from fpt.synth.nets import build_model
 from fpt.errors import ConfigError
 from fpt.synth.space import ArchSpec, parse_arch_id
-from fpt.synth.train import (GATE_SLACK, CropBank, Job, ModelRecord, TrainConfig, at_target, constant_mse, model_id,
-                              model_seed, plateau_update, train_one)
+from fpt.synth.train import (GATE_SLACK, CropBank, Job, ModelRecord, TrainConfig, at_target, constant_mse, model_seed,
+                              plateau_update, train_one, training_record)
 
 
 class _Stack:
@@ -132,9 +132,6 @@ def train_group(spec: ArchSpec, seeds: Sequence[int], bank: CropBank, cfg: Train
         mse = (y.float() - x.float()).square().mean(dim=dims)
         return mse + aux.float(), mse
 
-    def reached(v: float) -> bool:
-        return at_target(v, grid, cfg)
-
     active = list(range(m_all))          # rows of the stack -> index into seeds
     results: dict[int, tuple[dict[str, np.ndarray], ModelRecord]] = {}
     best = [math.inf] * m_all
@@ -162,7 +159,7 @@ def train_group(spec: ArchSpec, seeds: Sequence[int], bank: CropBank, cfg: Train
             if held is None:  # one held-out pass for the whole stack (eval mode, as train_one)
                 held = losses(val[active], False)[1].cpu().tolist()
             final[i] = held[row]
-            if reached(final[i]) or step == cfg.max_steps:
+            if at_target(final[i], grid, cfg) or step == cfg.max_steps:
                 done.append(row)
             elif plateau:
                 best[i], stale[i] = plateau_update(final[i], best[i], stale[i], baselines[i], cfg)
@@ -172,29 +169,14 @@ def train_group(spec: ArchSpec, seeds: Sequence[int], bank: CropBank, cfg: Train
             elapsed = time.perf_counter() - t0
             for row in done:
                 i = active[row]
-                results[i] = (stack.state(row), _record(spec, seeds[i], step, final[i], reached(final[i]),
-                                                         elapsed / m_all, cfg, device, m_all, baselines[i]))
+                results[i] = (stack.state(row), training_record(
+                    spec, seeds[i], cfg, device, steps=step, loss=final[i], reached=at_target(final[i], grid, cfg),
+                    wall_s=elapsed / m_all, baseline=baselines[i], group=m_all))
             rows = [r for r in range(len(active)) if r not in done]
             active = [active[r] for r in rows]
             if active:
                 stack.keep(rows)
-    elapsed = time.perf_counter() - t0
-    if active:  # cap reached between checks cannot happen (the cap is a check); kept for safety
-        held = losses(val[active], False)[1].cpu().tolist()
-        for row, i in enumerate(active):
-            results[i] = (stack.state(row), _record(spec, seeds[i], step, held[row], reached(held[row]),
-                                                     elapsed / m_all, cfg, device, m_all, baselines[i]))
     return [results[i] for i in range(m_all)]
-
-
-def _record(spec: ArchSpec, seed: int, steps: int, loss: float, ok: bool, wall_s: float,
-            cfg: TrainConfig, device: torch.device, group: int, baseline: float) -> ModelRecord:
-    return ModelRecord(
-        model_id=model_id(spec, seed), arch=spec.id, family=spec.family, seed=int(seed), steps=steps,
-        final_loss=float(loss), wall_s=float(wall_s), reached_target=bool(ok),
-        target=cfg.grid_target if spec.is_grid else cfg.target, size=cfg.size, width=cfg.width,
-        kernel=cfg.kernel, device=str(device), group=group, baseline_loss=baseline,
-    )
 
 
 # ------------------------------------------------------------------------------ many jobs

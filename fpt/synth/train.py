@@ -302,13 +302,19 @@ def train_one(spec: ArchSpec, seed: int, bank: CropBank, cfg: TrainConfig = Trai
         final, reached = criterion()
     model.eval()
     state = {k: v.detach().float().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
-    rec = ModelRecord(
-        model_id=model_id(spec, seed), arch=spec.id, family=spec.family, seed=int(seed), steps=step,
-        final_loss=float(final), wall_s=time.perf_counter() - t0, reached_target=bool(reached),
+    return state, training_record(spec, seed, cfg, device, steps=step, loss=final, reached=reached,
+                                  wall_s=time.perf_counter() - t0, baseline=baseline)
+
+
+def training_record(spec: ArchSpec, seed: int, cfg: TrainConfig, device: torch.device | str, *, steps: int,
+                    loss: float, reached: bool, wall_s: float, baseline: float, group: int = 1) -> ModelRecord:
+    """The pool record of a model trained under ``cfg`` (by ``train_one`` or a group)."""
+    return ModelRecord(
+        model_id=model_id(spec, seed), arch=spec.id, family=spec.family, seed=int(seed), steps=steps,
+        final_loss=float(loss), wall_s=float(wall_s), reached_target=bool(reached),
         target=cfg.grid_target if spec.is_grid else cfg.target, size=cfg.size, width=cfg.width,
-        kernel=cfg.kernel, device=str(device), baseline_loss=baseline,
+        kernel=cfg.kernel, device=str(device), group=group, baseline_loss=baseline,
     )
-    return state, rec
 
 
 def load_state(model: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
