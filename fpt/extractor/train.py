@@ -307,11 +307,9 @@ def build_source(cfg: TrainConfig, device: torch.device) -> ModelSource:
     # Synthetic models are tiny: run them on the CPU unless training on CUDA.
     dev = device if device.type == "cuda" else "cpu"
     paths = [p for p in cfg.pool.split(",") if p]
-    if len(paths) == 1:
-        return PoolSource(paths[0], device=dev, only_reached=cfg.only_reached, models=cfg.models,
-                          only_learned=cfg.only_learned)
-    return MultiSource([PoolSource(p, device=dev, only_reached=cfg.only_reached, models=cfg.models,
-                                   only_learned=cfg.only_learned) for p in paths])
+    sources = [PoolSource(p, device=dev, only_reached=cfg.only_reached, models=cfg.models,
+                          only_learned=cfg.only_learned) for p in paths]
+    return sources[0] if len(sources) == 1 else MultiSource(sources)
 
 
 def photo_bank(cfg: TrainConfig) -> CropBank:
