@@ -94,3 +94,23 @@ def test_tampered_whitening_is_refused(tmp_path):
     torch.save(blob, path)
     with pytest.raises(CheckpointError, match="integrity"):
         load_extractor(path, "cpu")
+
+
+def test_low_rank_form_matches_the_dense_matrix_when_dims_exceed_samples():
+    """The gallery fits on fewer images than dimensions (a PRNU residual has 65 536): the low-rank
+    form must apply exactly the dense (S_w + c I)^(-1/2), computed here by brute force."""
+    from fpt.metrics.verification import l2_normalise
+    from fpt.metrics.within_class import fit_within_class
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 40)), np.repeat(np.arange(4), 3)
+    w = fit_within_class(x, y, shrinkage=0.5)
+    xn = l2_normalise(x)
+    centred = np.concatenate([xn[y == c] - xn[y == c].mean(0) for c in range(4)])
+    s_w = centred.T @ centred / len(centred)
+    s_w += 0.5 * np.trace(s_w) / 40 * np.eye(40)
+    ev, vecs = np.linalg.eigh(s_w)
+    dense = (vecs * ev ** -0.5) @ vecs.T
+    np.testing.assert_allclose(w.dense_matrix(), dense, atol=1e-9)
+    probes = rng.normal(size=(5, 40))
+    np.testing.assert_allclose(w.apply(probes), l2_normalise((l2_normalise(probes) - xn.mean(0)) @ dense), atol=1e-6)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fpt.metrics.verification import l2_normalise
+from fpt.metrics.within_class import fit_within_class
 
 PREFIX = "whitening."
 
@@ -55,26 +56,14 @@ class Whitening:
 
 
 def fit_whitening(emb: np.ndarray, labels: Sequence, shrinkage: float = 0.01) -> Whitening:
-    """Within-class covariance whitening from embeddings ``emb`` (N, D) of known ``labels``.
+    """Within-class covariance whitening from embeddings ``emb`` (N, D) of known ``labels``,
+    as a dense matrix for the checkpoint (the maths: :func:`fpt.metrics.within_class.fit_within_class`).
 
     ``shrinkage`` (relative to the mean eigenvalue) keeps directions with almost no within-class
     variance from being blown up. Needs at least 2 classes with 2+ samples each.
     """
-    x = l2_normalise(np.asarray(emb, np.float64))
-    labels = np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
-    if np.sum(counts >= 2) < 2:
-        raise ValueError("whitening needs 2+ classes with 2+ embeddings each")
-    if shrinkage <= 0:
-        raise ValueError("shrinkage must be positive")
-    members = (x[labels == c] for c, n in zip(classes, counts) if n >= 2)
-    centred = np.concatenate([m - m.mean(axis=0) for m in members])
-    s_w = centred.T @ centred / len(centred)
-    d = s_w.shape[0]
-    s_w += shrinkage * np.trace(s_w) / d * np.eye(d)
-    ev, vecs = np.linalg.eigh(s_w)
-    matrix = (vecs * ev ** -0.5) @ vecs.T
-    return Whitening(x.mean(axis=0), matrix)
+    w = fit_within_class(emb, labels, shrinkage)
+    return Whitening(w.mean, w.dense_matrix())
 
 
 def whitening_photos(paths: Sequence[str | Path], *, n: int, side: int, min_side: int, seed: int = 0) -> list[torch.Tensor]:
