@@ -14,8 +14,9 @@ Two users fit it on different classes:
   analyst's own enrolled images, whose classes are the enrolled models.
 
 ``W`` is kept in low-rank form, ``W = V diag(s) V^T + c^(-1/2) (I - V V^T)`` with ``V`` the
-(at most ``N``) directions in which the centred samples vary, so fitting and applying cost
-``O(N D r)`` and work when ``D`` (65 536 for a PRNU residual) exceeds the number of samples.
+(at most ``min(N, D)``) directions in which the centred samples vary, found from the smaller of
+the ``D x D`` scatter and the ``N x N`` Gram matrix: it works when ``D`` (65 536 for a PRNU
+residual) exceeds the number of samples, and costs ``O(N D min(N, D))``.
 """
 
 from __future__ import annotations
@@ -55,19 +56,26 @@ def fit_within_class(emb: np.ndarray, labels: Sequence, shrinkage: float) -> Wit
     within-class variance from being blown up. Needs at least 2 classes with 2+ samples each.
     """
     x = l2_normalise(np.asarray(emb, np.float64))
-    labels = np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
+    _, cls, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
     if np.sum(counts >= 2) < 2:
         raise ValueError("whitening needs 2+ classes with 2+ embeddings each")
     if not shrinkage > 0:
         raise ValueError("shrinkage must be positive")
-    members = (x[labels == c] for c, n in zip(classes, counts) if n >= 2)
-    centred = np.concatenate([m - m.mean(axis=0) for m in members])
-    # S_w = centred^T centred / n = V diag(sv^2 / n) V^T
-    _, sv, vt = np.linalg.svd(centred, full_matrices=False)
-    ev = sv ** 2 / len(centred)
-    d = x.shape[1]
+    # class means by one sort, not one mask per class: a gallery may hold 10^5 models
+    order = np.argsort(cls, kind="stable")
+    means = np.add.reduceat(x[order], np.r_[0, np.cumsum(counts)[:-1]], axis=0) / counts[:, None]
+    keep = counts[cls] >= 2
+    centred = x[keep] - means[cls[keep]]
+    n, d = centred.shape
+    if n >= d:  # S_w = V diag(ev) V^T from the D x D scatter
+        ev, basis = np.linalg.eigh(centred.T @ centred / n)
+    else:  # more dimensions than samples: the same eigenpairs from the n x n Gram matrix
+        ev, u = np.linalg.eigh(centred @ centred.T / n)
+        keep = ev > ev.max() * 1e-12
+        ev, u = ev[keep], u[:, keep]
+        basis = centred.T @ u / np.sqrt(ev * n)
+    ev = np.clip(ev, 0.0, None)
     c = shrinkage * ev.sum() / d
     if not c > 0:
         raise ValueError("the classes have no within-class variation to whiten")
-    return WithinClassWhitening(x.mean(axis=0), vt.T, (ev + c) ** -0.5, float(c ** -0.5))
+    return WithinClassWhitening(x.mean(axis=0), basis, (ev + c) ** -0.5, float(c ** -0.5))
