@@ -17,8 +17,10 @@ peak RSS against the number of files, and identification cost against the galler
    with SMALLER files (64 x 64 PNG) and ``--windows 1`` so that 20 000 files fit the time
    budget of a shared 2-core machine; only the number of files changes between the runs.
 3. Gallery scale: ``fpt.attribution.identify_embeddings`` (what the scan calls per chunk) on
-   chunks of 256 probes against galleries of ``--gallery-sizes`` models (random unit
-   fingerprints), per probe; brute-force matrix product + partial sort.
+   chunks of 256 probes against galleries of ``--gallery-sizes`` models of ``--per-model``
+   random embeddings each, per probe, ranked by raw cosine and by the gallery's whitened score
+   (its fit, ``gallery_ranking``, timed on its own: a scan fits it once); brute-force matrix
+   product + partial sort.
 
 Peak RSS is the maximum resident set size (``ru_maxrss``) of the main process of each run (of
 each rank under torchrun). Decoding workers are forks of it and share its pages; they are not
@@ -130,27 +132,40 @@ def rss_flatness(work: Path, counts: list[int], gallery: Path, env: dict) -> Non
         out.unlink()
 
 
-def gallery_scale(sizes: list[int], dim: int, chunk: int = 256, repeats: int = 3) -> None:
-    from fpt.attribution import identify_embeddings
+def gallery_scale(sizes: list[int], dim: int, per_model: int = 10, chunk: int = 256, repeats: int = 3) -> None:
+    from fpt.attribution import gallery_lr_calibration, gallery_ranking, identify_embeddings
     from fpt.gallery import Gallery, ModelEntry
 
     rng = np.random.default_rng(0)
     probes = rng.normal(size=(chunk, dim)).astype(np.float32)
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
-    print(f"{'models':>8} {'fingerprints MB':>15} {'fingerprint_matrix() s':>22} {'identify ms/probe':>18} "
-          f"{'of which matmul':>16}")
+    print(f"{per_model} images per model; LR fit = gallery_lr_calibration(), ranking fit = gallery_ranking(): "
+          "once per gallery, as a scan does")
+    print(f"{'models':>8} {'fingerprints MB':>15} {'fingerprint_matrix() s':>22} {'LR fit s':>8} {'ranking fit s':>13} "
+          f"{'identify ms/probe cosine':>24} {'whitened':>9} {'ratio':>6} {'of which matmul':>16}")
     for m in sizes:
-        emb = rng.normal(size=(m, dim)).astype(np.float32)
+        emb = rng.normal(size=(m * per_model, dim)).astype(np.float32)
         g = Gallery(path=Path("bench.h5"), embedding_dim=dim,
-                    models={f"model{i:06d}": ModelEntry(f"model{i:06d}", emb[i:i + 1]) for i in range(m)})
+                    models={f"model{i:06d}": ModelEntry(f"model{i:06d}", emb[i * per_model:(i + 1) * per_model])
+                            for i in range(m)})
         t0 = time.perf_counter()
         fps = g.fingerprint_matrix()
         t_fp = time.perf_counter() - t0
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            identify_embeddings(g, probes, top_k=3, threshold=0.5, fingerprints=fps)
-            best = min(best, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        cal = gallery_lr_calibration(g)
+        t_cal = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ranking = gallery_ranking(g)
+        t_rank = time.perf_counter() - t0
+        cost = {}
+        for rank in ("cosine", "whitened"):
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                identify_embeddings(g, probes, top_k=3, threshold=0.5, fingerprints=fps, rank=rank, ranking=ranking,
+                                    lr_calibration=cal)
+                best = min(best, time.perf_counter() - t0)
+            cost[rank] = best
         f64 = fps[1].astype(np.float64)
         p64 = probes.astype(np.float64)
         mm = float("inf")
@@ -158,7 +173,8 @@ def gallery_scale(sizes: list[int], dim: int, chunk: int = 256, repeats: int = 3
             t0 = time.perf_counter()
             p64 @ f64.T
             mm = min(mm, time.perf_counter() - t0)
-        print(f"{m:>8} {fps[1].nbytes / 2**20:15.1f} {t_fp:22.2f} {1000 * best / chunk:18.3f} "
+        print(f"{m:>8} {fps[1].nbytes / 2**20:15.1f} {t_fp:22.2f} {t_cal:8.2f} {t_rank:13.2f} {1000 * cost['cosine'] / chunk:24.3f} "
+              f"{1000 * cost['whitened'] / chunk:9.3f} {cost['whitened'] / cost['cosine']:6.2f} "
               f"{1000 * mm / chunk:16.3f}", flush=True)
 
 
@@ -168,6 +184,7 @@ def main() -> int:
     ap.add_argument("--rss-images", default="2000,20000")
     ap.add_argument("--models", type=int, default=100)
     ap.add_argument("--gallery-sizes", default="10,1000,100000")
+    ap.add_argument("--per-model", type=int, default=10, help="embeddings per model in the gallery-scale part")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--skip-gallery", action="store_true")
@@ -189,7 +206,8 @@ def main() -> int:
     if not args.skip_gallery:
         from fpt.extractor.checkpoint import load_extractor
 
-        gallery_scale([int(x) for x in args.gallery_sizes.split(",")], int(load_extractor(None, "cpu").embedding_dim))
+        gallery_scale([int(x) for x in args.gallery_sizes.split(",")], int(load_extractor(None, "cpu").embedding_dim),
+                      per_model=args.per_model)
     print(f"load average after: {os.getloadavg()}", flush=True)
     return 0
 

@@ -3,6 +3,12 @@
 Scores are cosine similarities of unit-norm embeddings (paper 001 §IV-A): an image is attributed
 to the enrolled model whose fingerprint (mean embedding) is closest, or to *unknown* when the best
 score is below the gallery's calibrated threshold.
+
+Ranking (``rank="whitened"``, the default) first whitens with the within-model covariance of the
+gallery's own enrolled images (:class:`GalleryRanking`), so the directions in which one model's
+images vary with their content count less than those that separate the enrolled models; the
+accept / reject decision and the likelihood ratio still read the raw cosine of the ranked-first
+model, whose calibration (leave-one-out on the gallery) the whitening would bias.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from fpt.calibration import DEFAULT_MIN_LOG10_LR, LogisticCalibration
 from fpt.cohort import Cohort
 from fpt.errors import InputError
 from fpt.gallery import DEFAULT_FAR, Gallery
+from fpt.metrics.identification import can_whiten
 from fpt.metrics.verification import best_accuracy, cosine_matrix, l2_normalise, set_pairs, threshold_at_far
+from fpt.metrics.within_class import WithinClassWhitening, fit_within_class
 
 UNKNOWN = "unknown"
 
@@ -36,6 +44,8 @@ class Identification:
     min_log10_lr: float | None = None  # the LR level the decision used (None: a raw threshold did)
     top_norm: list[float] = field(default_factory=list)  # aligned with ``top``
     top_log10_lr: list[float] = field(default_factory=list)
+    ranked_by: str = "cosine"  # what ordered ``top``: cosine | whitened | cohort
+    top_rank: list[float] = field(default_factory=list)  # the ranking scores, when not the raw cosine
 
     @property
     def identified(self) -> bool:
@@ -49,10 +59,11 @@ def identification_record(r: Identification) -> dict:
     """
     rec: dict = {"path": r.path, "model": r.model, "best_model": r.best_model, "score": r.score,
                  "score_norm": r.score_norm, "log10_lr": r.log10_lr, "verbal": r.verbal,
-                 "low_confidence": r.low_confidence}
+                 "low_confidence": r.low_confidence, "ranked_by": r.ranked_by}
     rec["top"] = [{"model": m, "score": s,
                    "score_norm": r.top_norm[i] if i < len(r.top_norm) else None,
-                   "log10_lr": r.top_log10_lr[i] if i < len(r.top_log10_lr) else None}
+                   "log10_lr": r.top_log10_lr[i] if i < len(r.top_log10_lr) else None,
+                   "rank_score": r.top_rank[i] if i < len(r.top_rank) else None}
                   for i, (m, s) in enumerate(r.top)]
     return rec
 
@@ -83,6 +94,47 @@ def _model_images(g: Gallery) -> int:
 
 LR_SOURCES = ("gallery", "cohort")
 
+#: how a gallery ranks its models: after its own within-model whitening, or by raw cosine
+RANKINGS = ("whitened", "cosine")
+#: shrinkage of the gallery's ranking whitening (relative to the mean eigenvalue of its
+#: within-model covariance), chosen on held-out synthetic architectures: docs/extractor-v2.md §10
+GALLERY_WHITENING_SHRINKAGE = 1.0
+
+
+def rank_shrinkage(rank: str) -> float | None:
+    """The within-model whitening shrinkage a ranking uses (None: raw cosine)."""
+    if rank not in RANKINGS:
+        raise InputError(f"ranking must be one of {', '.join(RANKINGS)}, not '{rank}'")
+    return GALLERY_WHITENING_SHRINKAGE if rank == "whitened" else None
+
+
+@dataclass(frozen=True)
+class GalleryRanking:
+    """Ranking scores after a within-model whitening fitted on the gallery's own enrolled images:
+    the cosine of the whitened probe with each model's whitened fingerprint (the mean of its
+    whitened images). ``fingerprints`` follow ``g.names()``."""
+
+    whitening: WithinClassWhitening
+    fingerprints: np.ndarray  # (models, D)
+
+    def scores(self, emb: np.ndarray) -> np.ndarray:
+        x = self.whitening.apply(emb).astype(np.float64)
+        # float64 then rounded, as the raw scores are: a probe's scores must not depend on its batch
+        return cosine_matrix(x, self.fingerprints.astype(np.float64)).astype(np.float32)
+
+
+def gallery_ranking(g: Gallery, shrinkage: float = GALLERY_WHITENING_SHRINKAGE) -> GalleryRanking | None:
+    """The gallery's whitened ranking, or None when it cannot fit one (fewer than 2 models with
+    2+ enrolled images: then models are ranked by raw cosine)."""
+    emb, labels = gallery_embeddings(g)
+    if not can_whiten(labels):
+        return None
+    w = fit_within_class(emb, labels, shrinkage)
+    # gallery_embeddings lists the models' images in g.names() order, so one pass whitens them all
+    counts = [g.models[n].count for n in g.names()]
+    sums = np.add.reduceat(w.apply(emb).astype(np.float64), np.cumsum([0] + counts[:-1]), axis=0)
+    return GalleryRanking(w, l2_normalise(sums).astype(np.float32))
+
 
 def gallery_lr_calibration(g: Gallery, scores: tuple[np.ndarray, np.ndarray] | None = None
                            ) -> LogisticCalibration | None:
@@ -111,7 +163,8 @@ def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshol
                         cohort: Cohort | None = None, min_log10_lr: float = DEFAULT_MIN_LOG10_LR,
                         lr_from: str = "gallery",
                         fingerprints: tuple[list[str], np.ndarray] | None = None,
-                        lr_calibration: LogisticCalibration | None = None) -> list[Identification]:
+                        lr_calibration: LogisticCalibration | None = None, rank: str = "whitened",
+                        ranking: GalleryRanking | None = None) -> list[Identification]:
     """Rank the gallery's models for each row of ``emb`` and decide model or unknown.
 
     ``lr_from="gallery"``: models are ranked by raw cosine and the LR comes from
@@ -121,9 +174,12 @@ def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshol
     raw-cosine ``threshold`` overrides the LR decision (LRs are still reported); with no LR
     available the gallery's calibrated raw threshold decides (if it has none, every probe is
     attributed to its best model and the caller should warn). The normalised score is reported
-    whenever a calibrated cohort is given. ``fingerprints`` (``g.fingerprint_matrix()``) and
-    ``lr_calibration`` (:func:`gallery_lr_calibration`) are computed once by callers that identify
-    chunk after chunk: both depend on the gallery only.
+    whenever a calibrated cohort is given. With ``lr_from="gallery"``, ``rank="whitened"`` orders
+    the models by :class:`GalleryRanking` scores instead of raw cosine (when the gallery can fit
+    one); the decision and the LR still read the ranked-first model's raw cosine.
+    ``fingerprints`` (``g.fingerprint_matrix()``), ``lr_calibration``
+    (:func:`gallery_lr_calibration`) and ``ranking`` (:func:`gallery_ranking`) are computed once
+    by callers that identify chunk after chunk: they depend on the gallery only.
     """
     from fpt.calibration import normalised_scores, verbal_scale
 
@@ -141,24 +197,32 @@ def identify_embeddings(g: Gallery, emb: np.ndarray, *, top_k: int = 3, threshol
     # was scored with (chunked --jsonl scans, torchrun ranks and --json must agree to the bit)
     sims = cosine_matrix(emb.astype(np.float64), fps.astype(np.float64)).astype(np.float32)
     norm = normalised_scores(emb, fps, cohort.fingerprints(), cohort.calibration.top_n)[1] if has_cohort else None
-    lrs, rank = None, sims
+    shrinkage = rank_shrinkage(rank)
+    lrs, order_by, ranked_by = None, sims, "cosine"
     if lr_from == "cohort" and has_cohort:
-        rank = norm
+        order_by, ranked_by = norm, "cohort"
         lrs = cohort.calibration.for_sizes(1, _model_images(g)).log10_lr(norm)
     elif lr_from == "gallery":
         cal = lr_calibration if lr_calibration is not None else gallery_lr_calibration(g)
         lrs = cal.log10_lr(sims) if cal is not None else None
+        if shrinkage is not None:
+            rk = ranking if ranking is not None else gallery_ranking(g, shrinkage)
+            if rk is not None:
+                order_by, ranked_by = rk.scores(emb), "whitened"
     use_lr = lrs is not None and threshold is None
     t = None if use_lr else (threshold if threshold is not None else (g.calibration.threshold if g.calibration else None))
     k = max(1, min(top_k, len(names)))
-    order = top_k_indices(rank, k)
+    order = top_k_indices(order_by, k)
     out = []
     for i in range(emb.shape[0]):
         top = [(names[j], float(sims[i, j])) for j in order[i]]
         best, score = top[0]
         r = Identification(path=None if paths is None else paths[i], model=best, score=score, best_model=best,
                            top=top, threshold=t,
-                           low_confidence=bool(low_confidence[i]) if low_confidence is not None else False)
+                           low_confidence=bool(low_confidence[i]) if low_confidence is not None else False,
+                           ranked_by=ranked_by)
+        if ranked_by == "whitened":
+            r.top_rank = [float(order_by[i, j]) for j in order[i]]
         if norm is not None:
             r.top_norm = [float(norm[i, j]) for j in order[i]]
             r.score_norm = r.top_norm[0]
@@ -458,7 +522,9 @@ def lineage(names: list[str], fingerprints: np.ndarray, cohort_fps: np.ndarray |
     return Lineage(list(names), _linkage(d, method="average"), d)
 
 
-__all__ = ["UNKNOWN", "Identification", "identification_record", "failure_record", "identify_embeddings", "top_k_indices", "Verification", "verify_embeddings",
+__all__ = ["UNKNOWN", "Identification", "identification_record", "failure_record", "identify_embeddings", "top_k_indices",
+           "RANKINGS", "GALLERY_WHITENING_SHRINKAGE", "rank_shrinkage", "GalleryRanking", "gallery_ranking",
+           "Verification", "verify_embeddings",
            "GalleryCheck", "ModelConfusion", "check_gallery", "gallery_lr_calibration", "verify_lr_calibration",
            "LR_SOURCES",
            "set_fingerprint", "VerifyCalibration", "verify_threshold", "gallery_embeddings", "Lineage",

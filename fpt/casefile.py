@@ -103,7 +103,8 @@ class ExaminationRecord:
 @dataclass
 class Candidate:
     model: str
-    score: float
+    score: float  # raw cosine to the model's fingerprint
+    rank_score: float | None = None  # the whitened score that ranked it (None: ranked by cosine)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class Decision:
     # None means "not available" and every renderer says so.
     log10_lr: float | None = None
     verbal: str | None = None
+    ranked_by: str = "cosine"  # fpt.attribution.Identification.ranked_by
 
 
 @dataclass
@@ -483,7 +485,9 @@ def build_case(
         pr.warnings = input_warnings(facts, r.low_confidence, window)
         d = by_path[r.path]
         pr.decision = Decision(model=d.model, identified=d.identified, score=d.score, best_model=d.best_model,
-                               threshold=d.threshold, top=[Candidate(m, s) for m, s in d.top])
+                               threshold=d.threshold, ranked_by=d.ranked_by,
+                               top=[Candidate(m, s, d.top_rank[i] if d.top_rank else None)
+                                    for i, (m, s) in enumerate(d.top)])
         if likelihood_ratio is not None:
             lr = likelihood_ratio(d.best_model, d.score)
         else:  # the LR the decision itself used, where the gallery has one

@@ -92,7 +92,7 @@ def _gallery_of(emb: np.ndarray, labels: np.ndarray, gal: np.ndarray):
 
 
 def _open_set_cell(emb: np.ndarray, labels: np.ndarray, draws, cohort, far: float, min_log10_lr: float,
-                   name: str, shots: int) -> OpenSetCell:
+                   name: str, shots: int, shrinkage: float | None = None) -> OpenSetCell:
     from fpt.attribution import gallery_lr_calibration
     from fpt.gallery import calibration_scores
 
@@ -103,18 +103,20 @@ def _open_set_cell(emb: np.ndarray, labels: np.ndarray, draws, cohort, far: floa
     urej: dict[str, list[float]] = {p: [] for p in OPERATING_POINTS}
     cfp = cohort.fingerprints() if cohort is not None else None
     for unk, gal, probe in draws:
-        classes, fp = I.fingerprints(emb, labels, gal)
+        classes, raw, rank = I.gallery_scores(emb, labels, gal, probe, shrinkage)
         cls = np.asarray(classes, dtype=object)
         truth = labels[probe]
         is_unk = np.isin(truth, unk)
-        raw = M.cosine_matrix(emb[probe], fp)
-        scores = {"raw": raw}
+        scores = {"raw": (raw, rank)}  # (decided on, ranked by)
         if cfp is not None:
-            scores["snorm"] = C.normalised_scores(emb[probe], fp, cfp, cohort.calibration.top_n)[1]
+            _, fp = I.fingerprints(emb, labels, gal)
+            snorm = C.normalised_scores(emb[probe], fp, cfp, cohort.calibration.top_n)[1]
+            scores["snorm"] = (snorm, snorm)
         best, right = {}, {}
-        for s, mat in scores.items():
-            best[s] = mat.max(axis=1)
-            right[s] = cls[mat.argmax(axis=1)] == truth
+        for s, (mat, order) in scores.items():
+            top = order.argmax(axis=1)
+            best[s] = mat[np.arange(len(top)), top]
+            right[s] = cls[top] == truth
             for f in FARS:
                 frr[s][str(f)].append(C.rate_at_far(best[s][~is_unk], right[s][~is_unk], best[s][is_unk], f))
         g = _gallery_of(emb, labels, gal)
@@ -149,11 +151,14 @@ def _open_set_cell(emb: np.ndarray, labels: np.ndarray, draws, cohort, far: floa
 def run_decisions(emb: np.ndarray, labels: np.ndarray, pairs: dict, cohort, *, seed: int, repeats: int,
                   unknown_fraction: float, far: float, min_log10_lr: float = C.DEFAULT_MIN_LOG10_LR,
                   base_draws: tuple[int, list] | None = None,
-                  gallery_sizes: Sequence[int | None] = GALLERY_SIZES, shots: Sequence[int] = SHOTS) -> DecisionResult:
+                  gallery_sizes: Sequence[int | None] = GALLERY_SIZES, shots: Sequence[int] = SHOTS,
+                  shrinkage: float | None = None) -> DecisionResult:
     """Cllr (verification) and the open-set sweep for one method on one group.
 
     ``pairs`` is :class:`fpt.evaluation.GroupSplits.pairs`; ``base_draws`` = (k_shot, open-set
     draws) of the main protocol, reused for the (all, k_shot) cell so both tables agree.
+    ``shrinkage``: the open-set cells rank models after the gallery's within-model whitening
+    (decisions still read the ranked-first model's raw cosine), as ``fpt identify`` does.
     """
     emb = M.l2_normalise(np.asarray(emb, np.float32))
     labels = np.asarray(labels).astype(str)
@@ -196,7 +201,8 @@ def run_decisions(emb: np.ndarray, labels: np.ndarray, pairs: dict, cohort, *, s
                 out.notes.append(f"open-set {gs or 'all'} models x {k} shots skipped: too few models / images")
                 continue
             name = str(gs) if gs is not None else f"all ({n_classes - len(draws[0][0])})"
-            cell = _open_set_cell(emb, labels, draws, cohort if has_cohort else None, far, min_log10_lr, name, k)
+            cell = _open_set_cell(emb, labels, draws, cohort if has_cohort else None, far, min_log10_lr, name, k,
+                                  shrinkage)
             cell.main_protocol = main
             out.open_set.append(cell)
     return out

@@ -259,7 +259,11 @@ def _open_set_threshold(emb: np.ndarray, labels: np.ndarray, gal: np.ndarray, fa
     return M.threshold_at_far(imp, far=far)
 
 
-def run_method(method: str, emb: np.ndarray, splits: GroupSplits, far: float = 0.05) -> MethodResult:
+def run_method(method: str, emb: np.ndarray, splits: GroupSplits, far: float = 0.05,
+               shrinkage: float | None = None) -> MethodResult:
+    """Every protocol for one method's embeddings. ``shrinkage``: models are ranked after the
+    gallery's own within-model whitening (:func:`fpt.metrics.identification.gallery_scores`), as
+    ``fpt identify --rank whitened`` ranks them; None ranks by raw cosine."""
     labels = splits.labels
     res = MethodResult(method)
     emb = M.l2_normalise(np.asarray(emb, np.float32))
@@ -279,7 +283,7 @@ def run_method(method: str, emb: np.ndarray, splits: GroupSplits, far: float = 0
         accs, f1s, per = [], [], {}
         y_true, y_pred = [], []
         for split in splits.id_splits:
-            r = I.identify_k_shot(emb, labels, split=split)
+            r = I.identify_k_shot(emb, labels, split=split, shrinkage=shrinkage)
             accs.append(r.accuracy)
             f1s.append(r.macro_f1)
             for c, a in r.per_class_accuracy().items():
@@ -292,10 +296,10 @@ def run_method(method: str, emb: np.ndarray, splits: GroupSplits, far: float = 0
     if splits.open_splits:
         aurocs, accs, kaccs, urej = [], [], [], []
         for unk, gal, probe in splits.open_splits:
-            classes, fp = I.fingerprints(emb, labels, gal)
-            sims = M.cosine_matrix(emb[probe], fp)
-            best = sims.max(axis=1)
-            pred = np.asarray(classes, dtype=object)[sims.argmax(axis=1)]
+            classes, raw, rank = I.gallery_scores(emb, labels, gal, probe, shrinkage)
+            top = rank.argmax(axis=1)
+            best = raw[np.arange(len(top)), top]  # the decision reads the raw cosine of the ranked-first model
+            pred = np.asarray(classes, dtype=object)[top]
             is_unk = np.isin(labels[probe], unk)
             aurocs.append(I.open_set_auroc(best[~is_unk], best[is_unk]))
             t = _open_set_threshold(emb, labels, gal, far)
@@ -327,14 +331,17 @@ def evaluate(root: str | Path, methods: Sequence[str], *, seed: int = 0, n_pairs
              representation_kwargs: dict | None = None,
              progress: Callable[[str, int], Callable[[int], None]] | None = None,
              extra_groups: dict[str, list[str]] | None = None, cohort: str | Path | None = None,
-             min_log10_lr: float | None = None) -> EvalResult:
+             min_log10_lr: float | None = None, rank: str = "whitened") -> EvalResult:
     """Run every protocol for every method on the labelled folders under ``root``.
 
     ``progress(description, total)`` may return a callback ``advance(n)`` for progress display.
     ``extra_groups`` names further groups by their model labels (e.g. a text-to-image subset of
     ``main``), evaluated on their own as well. The ``fpt`` method's decision layer (Cllr, open-set
-    sweep) uses ``cohort`` or the cohort beside its extractor, when there is one.
+    sweep) uses ``cohort`` or the cohort beside its extractor, when there is one. ``rank``: how
+    galleries rank their models, for every method (``fpt identify --rank``): ``whitened`` (the
+    gallery's own within-model whitening) or ``cosine``.
     """
+    from fpt.attribution import rank_shrinkage
     from fpt.calibration import DEFAULT_MIN_LOG10_LR
 
     level = DEFAULT_MIN_LOG10_LR if min_log10_lr is None else float(min_log10_lr)
@@ -344,6 +351,7 @@ def evaluate(root: str | Path, methods: Sequence[str], *, seed: int = 0, n_pairs
 
     if not methods:
         raise ConfigError("no methods given", hint="e.g. --methods fpt,prnu,spectrum")
+    shrinkage = rank_shrinkage(rank)
     folders = discover_models(root, small_side)
     kwargs = dict(representation_kwargs or {})
     ex = kwargs.get("extractor")
@@ -424,16 +432,17 @@ def evaluate(root: str | Path, methods: Sequence[str], *, seed: int = 0, n_pairs
                              unknown_fraction=unknown_fraction)
         mres = {}
         for m in methods:
-            r = run_method(m, embs[m], splits, far=far)
+            r = run_method(m, embs[m], splits, far=far, shrinkage=shrinkage)
             r.seconds = secs[m]
             r.decisions = run_decisions(embs[m], glabels, splits.pairs, cohorts.get(m), seed=seed + 1000 * gi,
                                         repeats=repeats, unknown_fraction=unknown_fraction, far=far,
-                                        min_log10_lr=level, base_draws=(k_shot, splits.open_splits))
+                                        min_log10_lr=level, base_draws=(k_shot, splits.open_splits),
+                                        shrinkage=shrinkage)
             mres[m] = r
         out_groups.append(GroupResult(gname, sorted(counts), counts, mres, splits.notes))
     settings = dict(n_pairs=n_pairs, k_shot=k_shot, repeats=repeats, unknown_fraction=unknown_fraction, far=far,
-                    ns_values=list(NS_VALUES), small_side=small_side, min_log10_lr=level,
-                    extra_groups=dict(extra_groups or {}),
+                    ns_values=list(NS_VALUES), small_side=small_side, min_log10_lr=level, rank=rank,
+                    rank_shrinkage=shrinkage, extra_groups=dict(extra_groups or {}),
                     cohorts={m: (str(c.path) if c is not None else None) for m, c in cohorts.items()})
     return EvalResult(str(root), list(methods), out_groups, failures, seed, settings)
 

@@ -62,7 +62,7 @@ def _print_identify_json(results: Sequence[Any], failed: Sequence[Any], g: Any, 
     coh = decision["cohort"]
     n_unknown = sum(not r.identified for r in results)
     print_json({"gallery": str(g.path), "decision": src, "min_log10_lr": decision["min_log10_lr"] if by_lr else None,
-                "lr_from": decision["lr_from"], "threshold": results[0].threshold,
+                "lr_from": decision["lr_from"], "ranked_by": results[0].ranked_by, "threshold": results[0].threshold,
                 "threshold_source": src, "cohort": str(coh.path) if coh is not None else None,
                 "results": [identification_record(r) for r in results],
                 "failed": [failure_record(f.path, f.reason) for f in failed],
@@ -106,11 +106,14 @@ def _print_identify_table(results: Sequence[Any], failed: Sequence[Any], g: Any,
     table.add_column("log10 LR", justify="right", no_wrap=True)
     table.add_column("support (ENFSI)", overflow="fold")
     table.add_column("cosine", justify="right", no_wrap=True)
-    table.add_column(f"top-{min(top_k, len(g.models))} (cosine)", no_wrap=True)
+    whitened = results[0].ranked_by == "whitened"
+    table.add_column(f"top-{min(top_k, len(g.models))} (cosine" + ("; w: whitened score, ranks)" if whitened else ")"),
+                     no_wrap=True)
     if any_low:
         table.add_column("low-conf")
     for r in results:
-        tops = "\n".join(f"{visible(m)} {s:.{nd}f}" for m, s in r.top)
+        tops = "\n".join(f"{visible(m)} {s:.{nd}f}" + (f" (w {r.top_rank[i]:.{nd}f})" if whitened else "")
+                          for i, (m, s) in enumerate(r.top))
         decided = visible(r.model) if r.identified else Text("unknown", style="red")
         cells = [visible(str(r.path)), decided, format_lr(r.log10_lr),
                  "-" if r.log10_lr is None else verbal_level(r.log10_lr),
@@ -123,6 +126,9 @@ def _print_identify_table(results: Sequence[Any], failed: Sequence[Any], g: Any,
         cnt = Counter(r.model for r in results)
         console.print(f"{len(results)} image(s): " + ", ".join(f"{m} {n}" for m, n in cnt.most_common())
                       + (f"; {len(failed)} unreadable" if failed else ""), markup=False)
+    if whitened:
+        console.print("models are ranked by their whitened score w (cosine after a whitening fitted on the "
+                      "gallery's own images); the decision reads the first model's raw cosine", markup=False)
     if by_lr:
         console.print("LR = how many times more probable the image's fingerprint is if the named model made "
                       "it than if another model did; support words from the ENFSI verbal scale "

@@ -85,7 +85,7 @@ def topk_figure(p: ProbeRecord) -> Any:
         ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlabel("cosine similarity to the model's fingerprint")
-    ax.set_title(f"top-{len(names)} candidate models")
+    ax.set_title(f"top-{len(names)} candidate models" + (", ranked by whitened score" if d.ranked_by == "whitened" else ""))
     fig.tight_layout()
     return fig
 
@@ -268,9 +268,16 @@ def _probe(i: int, p: ProbeRecord, case: CaseFile) -> str:
          _e(f"higher than {_pct(ev.scores.genuine_below)} of them") if ev.scores.genuine_below is not None else _na()),
         ("impostor scores at or above it (empirical false-accept rate)", _pct(ev.scores.impostor_at_or_above)),
     ]))
-    top = "".join(f"<tr><td>{k}</td><td>{_e(c.model)}</td><td>{_num(c.score, 6)}</td></tr>"
+    whitened = d.ranked_by == "whitened"
+    top = "".join(f"<tr><td>{k}</td><td>{_e(c.model)}</td>"
+                  + (f"<td>{_num(c.rank_score, 6)}</td>" if whitened else "") + f"<td>{_num(c.score, 6)}</td></tr>"
                   for k, c in enumerate(d.top, 1))
-    out.append(f"<table><tr><th>rank</th><th>model</th><th>cosine</th></tr>{top}</table>")
+    out.append("<table><tr><th>rank</th><th>model</th>" + ("<th>whitened score (ranks)</th>" if whitened else "")
+               + f"<th>cosine</th></tr>{top}</table>")
+    if whitened:
+        out.append("<p>Models are ranked by their whitened score: the cosine after a whitening fitted on the "
+                   "gallery's own enrolled images, which discounts what varies between images of one model. "
+                   "The decision and the likelihood ratio read the first model's raw cosine.</p>")
     out.append('<div class="figs">'
                + _png(topk_figure(p), "top-k bar chart",
                       "Cosine similarity of the probe's embedding to each enrolled model's fingerprint; at or above "

@@ -76,8 +76,11 @@ def test_enroll_identify_right_model_and_unknown(gallery, data, capsys):
     assert res["min_log10_lr"] == 0.0 and res["decision"].startswith("log10 LR >= 0")
     assert all(r["log10_lr"] < 0 and r["verbal"] for r in res["results"])
     for r in res["results"]:
-        assert set(r) >= {"score", "score_norm", "log10_lr", "verbal"}
-        assert [t["log10_lr"] for t in r["top"]] == sorted((t["log10_lr"] for t in r["top"]), reverse=True)
+        assert set(r) >= {"score", "score_norm", "log10_lr", "verbal", "ranked_by"}
+        # ordered by what ranked them: the whitened score (default), else the raw cosine's LR
+        key = "rank_score" if r["ranked_by"] == "whitened" else "log10_lr"
+        assert [t[key] for t in r["top"]] == sorted((t[key] for t in r["top"]), reverse=True)
+    assert res["ranked_by"] == "whitened"
 
 
 def test_identify_table_csv_and_threshold_override(gallery, data, capsys):
@@ -302,3 +305,65 @@ def test_identify_and_embed_fail_when_no_input_is_readable(gallery, tmp_path, ca
     assert not out.exists()
     err = capsys.readouterr().err
     assert "none of the 1 input image(s) could be read" in err and "not an image" in err
+
+
+def _content_dominated_gallery(seed: int = 0, per: int = 10, dim: int = 16):
+    """Three models that differ a little along dims 2.. while every image varies a lot along dims
+    0-1 (its content): raw cosine ranks by content, a within-model whitening should not."""
+    rng = np.random.default_rng(seed)
+    centres = np.zeros((3, dim))
+    centres[:, 2:] = rng.normal(0, 0.15, (3, dim - 2))
+
+    def images(c: int, n: int) -> np.ndarray:
+        x = centres[c] + rng.normal(0, 0.02, (n, dim))
+        x[:, :2] += rng.normal(0, 1.0, (n, 2))
+        x[:, 0] += 2.0
+        return x.astype(np.float32)
+
+    g = Gallery(Path("x"))
+    for c in range(3):
+        g.models[f"m{c}"] = ModelEntry(f"m{c}", images(c, per))
+    probes = [(c, images(c, 20)) for c in range(3)]
+    return g, np.concatenate([p for _, p in probes]), np.repeat([f"m{c}" for c, _ in probes], 20)
+
+
+def test_whitened_ranking_discounts_what_varies_within_a_model():
+    from fpt.attribution import gallery_ranking
+
+    g, probes, truth = _content_dominated_gallery()
+    white = identify_embeddings(g, probes, top_k=3, threshold=-1.0)
+    plain = identify_embeddings(g, probes, top_k=3, threshold=-1.0, rank="cosine")
+    acc_white = np.mean([r.model == t for r, t in zip(white, truth)])
+    acc_plain = np.mean([r.model == t for r, t in zip(plain, truth)])
+    assert acc_plain < 0.7 and acc_white > 0.95, (acc_plain, acc_white)
+    names, fps = g.fingerprint_matrix()
+    for r, p in zip(white, probes):
+        assert r.ranked_by == "whitened" and r.top_rank == sorted(r.top_rank, reverse=True)
+        # the reported (and decided-on) score is the raw cosine of the ranked-first model
+        raw = fps[names.index(r.model)] @ (p / np.linalg.norm(p))
+        assert r.score == pytest.approx(float(raw), abs=1e-5)
+    assert all(r.ranked_by == "cosine" and not r.top_rank for r in plain)
+    # a gallery that cannot fit a within-model whitening (one image per model) ranks by cosine
+    one = Gallery(Path("y"))
+    for n, m in g.models.items():
+        one.models[n] = ModelEntry(n, m.embeddings[:1])
+    assert gallery_ranking(one) is None
+    assert identify_embeddings(one, probes[:2], threshold=-1.0)[0].ranked_by == "cosine"
+
+
+def test_whitened_ranking_score_does_not_depend_on_the_batch():
+    from fpt.attribution import gallery_ranking
+
+    g, probes, _ = _content_dominated_gallery(seed=1)
+    rk = gallery_ranking(g)
+    together = rk.scores(probes)
+    alone = np.concatenate([rk.scores(probes[i:i + 1]) for i in range(len(probes))])
+    np.testing.assert_array_equal(together, alone)
+
+
+def test_bad_ranking_name_is_refused():
+    from fpt.errors import InputError
+
+    g, probes, _ = _content_dominated_gallery()
+    with pytest.raises(InputError, match="ranking must be one of"):
+        identify_embeddings(g, probes[:1], rank="lda")

@@ -121,6 +121,8 @@ CASES = [
     ("identify-windows-0", ["identify", "--windows", "0", "-g", "{g}", "{img}"], 2, "--windows", ["{g}"]),
     ("enroll-windows-0", ["enroll", "m", "{img}", "-g", "{g}", "--windows", "0"], 2, "--windows", ["{g}"]),
     ("verify-far-2", ["verify", "--far", "2", "{img}", "{img}"], 2, "--far", []),
+    ("identify-rank-bogus", ["identify", "--rank", "bogus", "-g", "{g}", "{img}"], 2, "ranking must be one of", ["{g}"]),
+    ("eval-rank-bogus", ["eval", "{imgs}", "--rank", "bogus", "--methods", "spectrum"], 2, "ranking must be one of", []),
     ("top-k-abc", ["identify", "--top-k", "abc", "-g", "{g}", "{img}"], 2, "--top-k", []),
     ("top-k-0", ["identify", "--top-k", "0", "-g", "{g}", "{img}"], 2, "--top-k", []),
     ("top-k-neg", ["identify", "--top-k", "-1", "-g", "{g}", "{img}"], 2, "--top-k", []),

@@ -90,6 +90,20 @@ def test_evaluate_all_methods_same_splits(root):
     # 12 images a model: N_S=10 needs 20 per half -> skipped with a note, not a crash
     assert groups["cnnlike"].methods["fpt"].verification[10] is None
     assert any("N_S=10" in n for n in groups["cnnlike"].notes)
+    assert res.settings["rank"] == "whitened" and res.settings["rank_shrinkage"] > 0
+
+
+def test_evaluate_ranking_changes_only_the_order(root):
+    """--rank cosine vs whitened: the same pairs and verification scores (no gallery there); only the
+    identification and open-set rankings may differ, and the cosine ranking is the plain argmax."""
+    kw = dict(n_pairs=300, repeats=2, representation_kwargs={"extractor": FakeExtractor(), "baseline_crop": 48})
+    res_w, res_c = evaluate(root, ["spectrum"], **kw), evaluate(root, ["spectrum"], rank="cosine", **kw)
+    assert res_c.settings["rank"] == "cosine" and res_c.settings["rank_shrinkage"] is None
+    white = {g.group: g for g in res_w.groups}["main"].methods["spectrum"]
+    plain = {g.group: g for g in res_c.groups}["main"].methods["spectrum"]
+    for n_s in (1, 5):
+        np.testing.assert_array_equal(white.verification[n_s].test_scores, plain.verification[n_s].test_scores)
+    assert white.silhouette == plain.silhouette
 
 
 def test_most_confused_with():

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from fpt.cli.options import (DEFAULT_MIN_LOG10_LR, OPEN_UNIT, BatchSizeOpt, CohortOpt, CsvFileOpt, DeviceOpt,
-                             ExtractorOpt, FlushEveryOpt, GalleryOpt, JsonlOpt, JsonOpt, LrFromOpt, MinLrOpt,
+                             ExtractorOpt, FlushEveryOpt, GalleryOpt, JsonlOpt, JsonOpt, LrFromOpt, MinLrOpt, RankOpt,
                              ResumeOpt, ShardOpt, ThresholdOpt, WindowsOpt, WorkersOpt)
 
 EXIT_UNKNOWN = 10
@@ -238,6 +238,7 @@ def identify_cmd(
     threshold: ThresholdOpt = None,
     min_lr: MinLrOpt = DEFAULT_MIN_LOG10_LR,
     lr_from: LrFromOpt = "gallery",
+    rank: RankOpt = "whitened",
     cohort: CohortOpt = None,
     extractor: ExtractorOpt = None,
     device: DeviceOpt = "auto",
@@ -267,11 +268,14 @@ def identify_cmd(
 
         raise ConfigError("--json and --csv are exclusive")
     to_file = _check_scan_options(jsonl, csv_file, resume, workers, shard, csv_out)
+    from fpt.attribution import rank_shrinkage
+
+    rank_shrinkage(rank)  # a bad --rank fails before any image is read
     g = _gallery_with_models(gallery)
     files = find_images(paths)
     ex = load_extractor(extractor, _scan_device(device))
     g.check_extractor(ex.sha256)
-    decision = dict(cohort=_cohort_for(ex, cohort, lr_from), min_log10_lr=min_lr, lr_from=lr_from)
+    decision = dict(cohort=_cohort_for(ex, cohort, lr_from), min_log10_lr=min_lr, lr_from=lr_from, rank=rank)
     if to_file:
         code = _scan_to_file("identify", files, ex, jsonl=jsonl, csv_file=csv_file, resume=resume,
                              workers=workers, flush_every=flush_every, shard=shard, json_out=json_out,

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from fpt.cli.options import (DEFAULT_MIN_LOG10_LR, HALF_OPEN_UNIT, OPEN_UNIT, CohortOpt, DeviceOpt, ExtractorOpt,
-                             JsonOpt, MinLrOpt)
+                             JsonOpt, MinLrOpt, RankOpt)
 
 
 def _parse_groups(group: Optional[list[str]]) -> dict[str, list[str]]:
@@ -50,6 +50,7 @@ def eval_cmd(
                                               "on its own too (e.g. a text-to-image subset); repeatable."),
     cohort: CohortOpt = None,
     min_lr: MinLrOpt = DEFAULT_MIN_LOG10_LR,
+    rank: RankOpt = "whitened",
     json_out: JsonOpt = False,
 ) -> None:
     """Verification, identification, open-set, calibration (Cllr) and clustering metrics for several
@@ -69,7 +70,8 @@ def eval_cmd(
                        representation_kwargs={"extractor": extractor, "device": device, "windows": windows,
                                               **({"manifold": manifold} if manifold else {}),
                                               **({"real_images": real} if real else {})},
-                       progress=make, extra_groups=extra, cohort=cohort, min_log10_lr=min_lr)
+                       progress=make, extra_groups=extra, cohort=cohort, min_log10_lr=min_lr,
+                       rank=rank)
     data = to_json(res)
     if out is not None:  # files only where the user asked for them
         _write_eval_files(res, data, out, figures)
@@ -115,7 +117,8 @@ def _print_eval(res) -> None:
                     caption="cal. thr. = threshold chosen on a separate calibration split; "
                             "oracle = best threshold on the test pairs (papers' number)")
         cols, rows = per_model_rows(g)
-        print_table(f"{g.group}: {res.settings['k_shot']}-shot identification accuracy per model", cols, rows)
+        print_table(f"{g.group}: {res.settings['k_shot']}-shot identification accuracy per model "
+                    f"(models ranked {res.settings.get('rank', 'cosine')})", cols, rows)
         for m, r in g.methods.items():
             if r.decisions is not None:
                 _print_decisions(g.group, m, r.decisions, res.settings)

@@ -57,6 +57,8 @@ MIN_LR_HELP = ("Attribute / call 'same model' when log10 LR reaches this level (
 LR_FROM_HELP = ("Likelihood-ratio calibration: gallery (raw cosine, fitted on the gallery's own images; default) or "
                 "cohort (adaptive S-norm against the extractor's cohort, fitted on cohort models).")
 THRESHOLD_HELP = "Decide on the raw cosine with this threshold instead of the likelihood ratio."
+RANK_HELP = ("Order the gallery's models by: whitened (cosine after a whitening fitted on the gallery's own enrolled "
+             "images, default) or cosine (raw). Either way the decision reads the first model's raw cosine.")
 DEFAULT_MIN_LOG10_LR = 0.0  # = fpt.calibration.DEFAULT_MIN_LOG10_LR (not imported: keeps CLI start-up light)
 
 GalleryOpt = Annotated[Optional[Path], typer.Option("--gallery", "-g", help=GALLERY_HELP)]
@@ -69,6 +71,7 @@ CohortOpt = Annotated[Optional[Path], typer.Option("--cohort", help=COHORT_HELP)
 MinLrOpt = Annotated[float, typer.Option("--min-lr", help=MIN_LR_HELP)]
 LrFromOpt = Annotated[str, typer.Option("--lr-from", help=LR_FROM_HELP)]
 ThresholdOpt = Annotated[Optional[float], typer.Option("--threshold", help=THRESHOLD_HELP)]
+RankOpt = Annotated[str, typer.Option("--rank", help=RANK_HELP)]
 
 # The streaming scan (fpt identify / fpt embed with --jsonl or --csv-file), see fpt.scan.
 JsonlOpt = Annotated[Optional[Path], typer.Option(

@@ -12,7 +12,8 @@ import numpy as np
 
 from fpt.metrics.verification import cosine_matrix, l2_normalise, roc_auc
 
-__all__ = ["macro_f1", "open_set_auroc", "k_shot_split", "identify_k_shot", "IdentificationResult", "fingerprints"]
+__all__ = ["macro_f1", "open_set_auroc", "k_shot_split", "identify_k_shot", "IdentificationResult", "fingerprints",
+           "gallery_scores", "can_whiten"]
 
 
 def macro_f1(y_true, y_pred, labels=None) -> float:
@@ -84,12 +85,47 @@ def fingerprints(emb: np.ndarray, labels, idx: np.ndarray) -> tuple[list, np.nda
     return classes, l2_normalise(fp)
 
 
+def can_whiten(labels) -> bool:
+    """Whether enrolled images with these labels can fit a within-model whitening: 2+ models
+    with 2+ images each."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    return int(np.sum(counts >= 2)) >= 2
+
+
+def gallery_scores(emb: np.ndarray, labels, gal: np.ndarray, probe: np.ndarray,
+                   shrinkage: float | None = None) -> tuple[list, np.ndarray, np.ndarray]:
+    """Scores of the ``probe`` rows against the fingerprints of the ``gal`` rows' classes:
+    ``(classes, raw cosines (P, C), ranking scores (P, C))``.
+
+    With ``shrinkage``, the ranking scores are cosines after a within-class whitening fitted on the
+    gallery rows themselves (:func:`fpt.metrics.within_class.fit_within_class`): the directions in
+    which the enrolled images of one model vary are scaled down before ranking. Without it, or
+    when the gallery cannot fit one (:func:`can_whiten`), they are the raw cosines.
+    """
+    from fpt.metrics.within_class import fit_within_class
+
+    labels = np.asarray(labels)
+    classes, fp = fingerprints(emb, labels, gal)
+    raw = cosine_matrix(emb[probe], fp)
+    if shrinkage is None or not can_whiten(labels[gal]):
+        return classes, raw, raw
+    w = fit_within_class(emb[gal], labels[gal], shrinkage)
+    rows = np.r_[gal, probe]
+    x = np.zeros((len(labels), emb.shape[1]), np.float32)
+    x[rows] = w.apply(emb[rows])
+    _, wfp = fingerprints(x, labels, gal)
+    return classes, raw, cosine_matrix(x[probe], wfp)
+
+
 def identify_k_shot(emb: np.ndarray, labels, k: int = 10, rng: np.random.Generator | None = None,
-                    split: tuple[np.ndarray, np.ndarray] | None = None) -> IdentificationResult:
+                    split: tuple[np.ndarray, np.ndarray] | None = None,
+                    shrinkage: float | None = None) -> IdentificationResult:
     """k-shot closed-set 1:N identification (paper 001 §IV-A).
 
     Each class's fingerprint is the mean of ``k`` of its embeddings; every other image is a probe
-    assigned to the class of highest cosine similarity. Returns accuracy and macro-F1 over probes.
+    assigned to the class of highest cosine similarity (with ``shrinkage``: after the gallery's
+    own within-class whitening, :func:`gallery_scores`). Returns accuracy and macro-F1 over probes;
+    ``best_score`` is the raw cosine to the assigned class.
     """
     labels = np.asarray(labels)
     if split is None:
@@ -97,15 +133,14 @@ def identify_k_shot(emb: np.ndarray, labels, k: int = 10, rng: np.random.Generat
     gal, probe = split
     if probe.size == 0:
         raise ValueError(f"no probe images left after taking {k} per class for the gallery")
-    classes, fp = fingerprints(emb, labels, gal)
-    sims = cosine_matrix(emb[probe], fp)
-    best = np.argmax(sims, axis=1)
+    classes, raw, rank = gallery_scores(emb, labels, gal, probe, shrinkage)
+    best = np.argmax(rank, axis=1)
     y_pred = np.asarray(classes, dtype=object)[best]
     y_true = labels[probe]
     y_pred = y_pred.astype(y_true.dtype) if y_true.dtype != object else y_pred
     return IdentificationResult(
         accuracy=float(np.mean(y_pred == y_true)),
         macro_f1=macro_f1(y_true, y_pred),
-        classes=classes, y_true=y_true, y_pred=y_pred, best_score=sims.max(axis=1),
+        classes=classes, y_true=y_true, y_pred=y_pred, best_score=raw[np.arange(len(best)), best],
         gallery_idx=gal, probe_idx=probe,
     )

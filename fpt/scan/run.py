@@ -311,12 +311,15 @@ def scan_identify(files: Sequence[Path], out: str | Path, gallery, ex, *, fmt: s
     k = max(1, min(top_k, len(gallery.models)))
     template = identification_record(Identification("", "", 0.0, "", [("", 0.0)] * k, None))
 
-    from fpt.attribution import gallery_lr_calibration
+    from fpt.attribution import gallery_lr_calibration, gallery_ranking, rank_shrinkage
 
-    # once, not per chunk: both depend on the gallery only (O(models x images per model))
+    # once, not per chunk: they depend on the gallery only (O(models x images per model))
     fingerprints = gallery.fingerprint_matrix()
     if decision.get("lr_from", "gallery") == "gallery":
         decision = {**decision, "lr_calibration": gallery_lr_calibration(gallery)}
+        shrinkage = rank_shrinkage(decision.get("rank", "whitened"))
+        if shrinkage is not None:
+            decision["ranking"] = gallery_ranking(gallery, shrinkage)
 
     def make(embs: list) -> list[dict]:
         res = identify_embeddings(gallery, np.stack([r.embedding for r in embs]), top_k=top_k, threshold=threshold,
