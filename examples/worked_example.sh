@@ -20,7 +20,7 @@
 #   LINEAGE      models enrolled after identify/verify, for lineage (default: 5 more generators;
 #                "" skips the lineage step)
 #   FPT_THREADS  torch threads (default: the number of CPUs, at most 4)
-#   COLUMNS      width of fpt's tables and wrapped lines (default 120, so the output is the same
+#   COLUMNS      width of fpt's tables and wrapped lines (default 130, so the output is the same
 #                in a terminal and in a pipe)
 #   WORK         keep the working folder here (must not exist yet) instead of a deleted temp dir
 #   JSON=1       add --json to identify/verify/lineage (for tests); each step's stdout is also
@@ -42,7 +42,7 @@ if [ -z "${FPT_THREADS:-}" ]; then
 fi
 export FPT_THREADS
 # Tables as wide as the README quotes them, whatever the terminal (rich reads COLUMNS).
-export COLUMNS="${COLUMNS:-120}"
+export COLUMNS="${COLUMNS:-130}"
 JSONFLAG=()
 [ "${JSON:-0}" = 1 ] && JSONFLAG=(--json)
 

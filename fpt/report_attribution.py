@@ -107,7 +107,7 @@ def _print_identify_table(results: Sequence[Any], failed: Sequence[Any], g: Any,
     table.add_column("support (ENFSI)", overflow="fold")
     table.add_column("cosine", justify="right", no_wrap=True)
     whitened = results[0].ranked_by == "whitened"
-    table.add_column(f"top-{min(top_k, len(g.models))} (cosine" + ("; w: whitened score, ranks)" if whitened else ")"),
+    table.add_column(f"top-{min(top_k, len(g.models))} (cosine" + (", w)" if whitened else ")"),
                      no_wrap=True)
     if any_low:
         table.add_column("low-conf")
