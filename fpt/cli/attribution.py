@@ -268,9 +268,7 @@ def identify_cmd(
 
         raise ConfigError("--json and --csv are exclusive")
     to_file = _check_scan_options(jsonl, csv_file, resume, workers, shard, csv_out)
-    from fpt.attribution import rank_shrinkage
-
-    rank_shrinkage(rank)  # a bad --rank fails before any image is read
+    _check_rank(rank)
     g = _gallery_with_models(gallery)
     files = find_images(paths)
     ex = load_extractor(extractor, _scan_device(device))
@@ -292,6 +290,13 @@ def identify_cmd(
              "no image can come back unknown; pass --threshold or enroll more models")
     _render_identifications(results, failed, g, src, top_k=top_k, decision=decision, json_out=json_out,
                             csv_out=csv_out)
+
+
+def _check_rank(rank: str) -> None:
+    """A bad --rank fails before any gallery or image is read."""
+    from fpt.attribution import rank_shrinkage
+
+    rank_shrinkage(rank)
 
 
 def _render_identifications(results, failed, g, src: str, *, top_k: int, decision: dict, json_out: bool,
