@@ -172,7 +172,8 @@ def identify(paths: PathsLike, gallery=None, extractor=None, *, top_k: int = 3, 
     """Which enrolled model made each image (``unknown`` below the threshold).
 
     ``gallery`` is a path (default gallery when None) or an opened gallery. ``decision`` passes
-    ``cohort``, ``min_log10_lr`` and ``lr_from`` to :func:`fpt.attribution.identify_embeddings`.
+    ``cohort``, ``min_log10_lr``, ``lr_from`` and ``rank`` ("whitened" or "cosine") to
+    :func:`fpt.attribution.identify_embeddings`.
     Returns ``(identifications, failures)``: :class:`fpt.attribution.Identification` per
     readable image; unreadable files also go to ``on_failure`` as they happen.
     """

@@ -303,7 +303,7 @@ def scan_identify(files: Sequence[Path], out: str | Path, gallery, ex, *, fmt: s
                   **decision) -> ScanSummary:
     """``fpt identify --jsonl/--csv-file``: identify every file against ``gallery``, streaming records to ``out``.
 
-    ``decision`` (``cohort``, ``min_log10_lr``, ``lr_from``) is passed to
+    ``decision`` (``cohort``, ``min_log10_lr``, ``lr_from``, ``rank``) is passed to
     :func:`fpt.attribution.identify_embeddings` unchanged, so a scan decides exactly as ``--json`` does.
     """
     from fpt.attribution import Identification, identification_record, identify_embeddings
