@@ -22,9 +22,9 @@ from fpt.calibration import DEFAULT_MIN_LOG10_LR, LogisticCalibration
 from fpt.cohort import Cohort
 from fpt.errors import InputError
 from fpt.gallery import DEFAULT_FAR, Gallery
-from fpt.metrics.identification import can_whiten
+from fpt.metrics.identification import fingerprints as class_fingerprints
 from fpt.metrics.verification import best_accuracy, cosine_matrix, l2_normalise, set_pairs, threshold_at_far
-from fpt.metrics.within_class import WithinClassWhitening, fit_within_class
+from fpt.metrics.within_class import WithinClassWhitening, can_whiten, fit_within_class
 
 UNKNOWN = "unknown"
 
@@ -130,10 +130,9 @@ def gallery_ranking(g: Gallery, shrinkage: float = GALLERY_WHITENING_SHRINKAGE) 
     if not can_whiten(labels):
         return None
     w = fit_within_class(emb, labels, shrinkage)
-    # gallery_embeddings lists the models' images in g.names() order, so one pass whitens them all
-    counts = [g.models[n].count for n in g.names()]
-    sums = np.add.reduceat(w.apply(emb).astype(np.float64), np.cumsum([0] + counts[:-1]), axis=0)
-    return GalleryRanking(w, l2_normalise(sums).astype(np.float32))
+    # classes come back sorted, i.e. in g.names() order
+    _, fps = class_fingerprints(w.apply(emb), labels.astype(str), np.arange(len(labels)))
+    return GalleryRanking(w, fps.astype(np.float32))
 
 
 def gallery_lr_calibration(g: Gallery, scores: tuple[np.ndarray, np.ndarray] | None = None

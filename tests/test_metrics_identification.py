@@ -21,7 +21,8 @@ def test_open_set_auroc():
 
 
 def test_gallery_scores_rank_raw_without_shrinkage_or_when_the_gallery_cannot_whiten():
-    from fpt.metrics.identification import can_whiten, gallery_scores
+    from fpt.metrics.identification import gallery_scores
+    from fpt.metrics.within_class import can_whiten
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(12, 5))

@@ -13,7 +13,7 @@ import numpy as np
 from fpt.metrics.verification import cosine_matrix, l2_normalise, roc_auc
 
 __all__ = ["macro_f1", "open_set_auroc", "k_shot_split", "identify_k_shot", "IdentificationResult", "fingerprints",
-           "gallery_scores", "can_whiten"]
+           "gallery_scores"]
 
 
 def macro_f1(y_true, y_pred, labels=None) -> float:
@@ -78,18 +78,10 @@ class IdentificationResult:
 
 def fingerprints(emb: np.ndarray, labels, idx: np.ndarray) -> tuple[list, np.ndarray]:
     """Mean L2-normalised embedding per class over rows ``idx``: ``(classes, (C, d))``."""
-    labels = np.asarray(labels)
-    e = l2_normalise(emb)
-    classes = list(np.unique(labels[idx]))
-    fp = np.stack([e[idx[labels[idx] == c]].mean(axis=0) for c in classes])
-    return classes, l2_normalise(fp)
+    from fpt.metrics.within_class import class_means
 
-
-def can_whiten(labels) -> bool:
-    """Whether enrolled images with these labels can fit a within-model whitening: 2+ models
-    with 2+ images each."""
-    _, counts = np.unique(np.asarray(labels), return_counts=True)
-    return int(np.sum(counts >= 2)) >= 2
+    classes, _, means = class_means(l2_normalise(emb[idx]), np.asarray(labels)[idx])
+    return list(classes), l2_normalise(means)
 
 
 def gallery_scores(emb: np.ndarray, labels, gal: np.ndarray, probe: np.ndarray,
@@ -100,9 +92,9 @@ def gallery_scores(emb: np.ndarray, labels, gal: np.ndarray, probe: np.ndarray,
     With ``shrinkage``, the ranking scores are cosines after a within-class whitening fitted on the
     gallery rows themselves (:func:`fpt.metrics.within_class.fit_within_class`): the directions in
     which the enrolled images of one model vary are scaled down before ranking. Without it, or
-    when the gallery cannot fit one (:func:`can_whiten`), they are the raw cosines.
+    when the gallery cannot fit one (:func:`fpt.metrics.within_class.can_whiten`), they are the raw cosines.
     """
-    from fpt.metrics.within_class import fit_within_class
+    from fpt.metrics.within_class import can_whiten, fit_within_class
 
     labels = np.asarray(labels)
     classes, fp = fingerprints(emb, labels, gal)
@@ -110,11 +102,8 @@ def gallery_scores(emb: np.ndarray, labels, gal: np.ndarray, probe: np.ndarray,
     if shrinkage is None or not can_whiten(labels[gal]):
         return classes, raw, raw
     w = fit_within_class(emb[gal], labels[gal], shrinkage)
-    rows = np.r_[gal, probe]
-    x = np.zeros((len(labels), emb.shape[1]), np.float32)
-    x[rows] = w.apply(emb[rows])
-    _, wfp = fingerprints(x, labels, gal)
-    return classes, raw, cosine_matrix(x[probe], wfp)
+    _, wfp = fingerprints(w.apply(emb[gal]), labels[gal], np.arange(gal.size))
+    return classes, raw, cosine_matrix(w.apply(emb[probe]), wfp)
 
 
 def identify_k_shot(emb: np.ndarray, labels, k: int = 10, rng: np.random.Generator | None = None,

@@ -10,7 +10,7 @@ Two users fit it on different classes:
 
 - the extractor's checkpoint whitening (:mod:`fpt.extractor.whitening`), fitted once at the end of
   ``fpt train`` on synthetic training models and stored as a dense ``D x D`` matrix;
-- the gallery's ranking whitening (:func:`fpt.attribution.gallery_whitening`), fitted on the
+- the gallery's ranking whitening (:func:`fpt.attribution.gallery_ranking`), fitted on the
   analyst's own enrolled images, whose classes are the enrolled models.
 
 ``W`` is kept in low-rank form, ``W = V diag(s) V^T + c^(-1/2) (I - V V^T)`` with ``V`` the
@@ -48,6 +48,22 @@ class WithinClassWhitening:
         return self.floor * np.eye(d) + (self.basis * (self.scale - self.floor)) @ self.basis.T
 
 
+def can_whiten(labels) -> bool:
+    """Whether samples with these labels can fit a within-class whitening: 2+ classes with
+    2+ samples each."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    return int(np.sum(counts >= 2)) >= 2
+
+
+def class_means(x: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(classes, per-sample class index, (C, D) class means)`` by one sort, not one mask per
+    class: a gallery may hold 10^5 models."""
+    classes, cls, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    order = np.argsort(cls, kind="stable")
+    means = np.add.reduceat(x[order], np.r_[0, np.cumsum(counts)[:-1]], axis=0) / counts[:, None]
+    return classes, cls, means
+
+
 def fit_within_class(emb: np.ndarray, labels: Sequence, shrinkage: float) -> WithinClassWhitening:
     """Fit on embeddings ``emb`` (N, D) of known ``labels``; only classes with 2+ samples give
     within-class variation (the mean is over every sample).
@@ -55,16 +71,13 @@ def fit_within_class(emb: np.ndarray, labels: Sequence, shrinkage: float) -> Wit
     ``shrinkage`` (relative to the mean eigenvalue of ``S_w``) keeps directions with almost no
     within-class variance from being blown up. Needs at least 2 classes with 2+ samples each.
     """
-    x = l2_normalise(np.asarray(emb, np.float64))
-    _, cls, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
-    if np.sum(counts >= 2) < 2:
+    if not can_whiten(labels):
         raise ValueError("whitening needs 2+ classes with 2+ embeddings each")
     if not shrinkage > 0:
         raise ValueError("shrinkage must be positive")
-    # class means by one sort, not one mask per class: a gallery may hold 10^5 models
-    order = np.argsort(cls, kind="stable")
-    means = np.add.reduceat(x[order], np.r_[0, np.cumsum(counts)[:-1]], axis=0) / counts[:, None]
-    keep = counts[cls] >= 2
+    x = l2_normalise(np.asarray(emb, np.float64))
+    _, cls, means = class_means(x, labels)
+    keep = np.bincount(cls)[cls] >= 2
     centred = x[keep] - means[cls[keep]]
     n, d = centred.shape
     if n >= d:  # S_w = V diag(ev) V^T from the D x D scatter
