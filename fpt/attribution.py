@@ -135,6 +135,42 @@ def gallery_ranking(g: Gallery, shrinkage: float = GALLERY_WHITENING_SHRINKAGE) 
     return GalleryRanking(w, fps.astype(np.float32))
 
 
+#: folds of the gallery check's held-out estimate under the whitened ranking
+CHECK_FOLDS = 5
+
+
+def ranking_holdout_scores(g: Gallery, shrinkage: float, folds: int = CHECK_FOLDS) -> np.ndarray | None:
+    """Ranking scores of every enrolled image against every model (``g.names()`` order), each image
+    ranked as :func:`identify_embeddings` would rank it by a gallery without it.
+
+    Exact leave-one-out would refit the whitening once per image, so the images of each model with
+    2+ images are dealt into ``folds`` folds (its j-th image to fold j mod ``folds``) and each fold
+    is ranked by a whitening and fingerprints fitted on the other folds: the estimate never sees the
+    image it scores, at the price of a gallery smaller by a fold (slightly pessimistic). Models
+    with one image are never left out (every model keeps a fingerprint). Rows of single-image
+    models are not scored (NaN). None when a fold leaves too few images to fit the whitening.
+    """
+    from fpt.metrics.identification import gallery_scores
+
+    emb, labels = gallery_embeddings(g)
+    names = g.names()
+    counts = np.concatenate([np.full(g.models[n].count, g.models[n].count) for n in names])
+    within = np.concatenate([np.arange(g.models[n].count) for n in names])
+    fold = np.where(counts >= 2, within % folds, -1)
+    labels = labels.astype(str)
+    out = np.full((len(labels), len(names)), np.nan)
+    for f in range(folds):
+        probe, gal = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        if probe.size == 0:
+            continue
+        if not can_whiten(labels[gal]):
+            return None
+        classes, _, ranked = gallery_scores(emb, labels, gal, probe, shrinkage)
+        assert classes == names  # every model keeps an image outside each fold
+        out[probe] = ranked
+    return out
+
+
 def gallery_lr_calibration(g: Gallery, scores: tuple[np.ndarray, np.ndarray] | None = None
                            ) -> LogisticCalibration | None:
     """Logistic raw-cosine -> log10 LR map fitted on the gallery's own leave-one-out trials.
@@ -348,7 +384,7 @@ def verify_lr_calibration(g: Gallery, n_s: int, n_pairs: int = 2000, seed: int =
 class ModelConfusion:
     model: str
     other: str
-    share: float  # of ``model``'s images that score at least as high against ``other`` as against their own model
+    share: float  # of ``model``'s images that rank ``other`` at least as high as their own model (held out)
     fingerprint_cosine: float
     accepted_share: float | None = None  # of ``model``'s images ``other`` would take if ``model`` were not enrolled
 
@@ -365,9 +401,10 @@ class GalleryCheck:
     level: float | None  # log10 LR level or raw threshold
     expected_far: float | None  # images scored as if their model were not enrolled, accepted
     expected_frr: float | None  # images rejected against their own (leave-one-out) model
-    loo_accuracy: float | None
+    loo_accuracy: float | None  # top-1 of the enrolled images, each ranked by a gallery without it
     disagreeing: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (rejected, images)
     confusions: list[ModelConfusion] = field(default_factory=list)
+    ranked_by: str = "cosine"  # the ranking behind loo_accuracy and the confusion shares
 
 
 #: a model is flagged as possibly mixed when this share of its own images is rejected against it
@@ -377,10 +414,15 @@ CONFUSED_SHARE = 0.25
 
 
 def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float = DEFAULT_MIN_LOG10_LR,
-                  lr_from: str = "gallery") -> GalleryCheck:
+                  lr_from: str = "gallery", rank: str = "whitened") -> GalleryCheck:
     """Leave-one-out over the enrolled images: expected FAR / FRR at the decision rule, plus the
     models whose own images disagree (likely mixed sources) and pairs of models that this
-    extractor does not separate."""
+    extractor does not separate.
+
+    Top-1 accuracy and the confusion shares are measured under ``rank``, the ranking
+    :func:`identify_embeddings` uses: whitened by :func:`ranking_holdout_scores` (cross-fitted
+    folds), raw cosine by exact leave-one-out (also when the folds cannot fit a whitening).
+    """
     from fpt.calibration import cohort_stats, normalised_scores
 
     names, fps = g.fingerprint_matrix()
@@ -391,8 +433,12 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
     cal = cohort.calibration.for_sizes(1, max(1, _model_images(g) - 1)) if use_cohort else None
     top_n = cohort.calibration.top_n if use_cohort else 0
     level = float(min_log10_lr) if use_lr else (g.calibration.threshold if g.calibration else None)
+    shrinkage = rank_shrinkage(rank)
+    ranked = ranking_holdout_scores(g, shrinkage) if shrinkage is not None else None
     gen_all, imp_all, ok_all = [], [], []
-    out = GalleryCheck("lr" if use_lr else "raw", level, None, None, None)
+    out = GalleryCheck("lr" if use_lr else "raw", level, None, None, None,
+                       ranked_by="cosine" if ranked is None else rank)
+    starts = np.cumsum([0] + [g.models[n].count for n in names])
     for mi, name in enumerate(names):
         m = g.models[name]
         if m.count < 2:
@@ -418,15 +464,20 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
             if gal_cal is not None:
                 gen, other_scores = gal_cal.log10_lr(gen), gal_cal.log10_lr(other_scores)
         best_other = other_scores.max(axis=1) if other_scores.shape[1] else np.full(m.count, -np.inf)
+        if ranked is None:
+            rank_own, rank_other = raw_gen, e @ others.T
+        else:
+            rows = ranked[starts[mi]:starts[mi + 1]]
+            rank_own, rank_other = rows[:, mi], np.delete(rows, mi, axis=1)
         gen_all.append(gen)
         imp_all.append(best_other)
-        ok_all.append(gen > best_other)
+        ok_all.append(np.all(rank_own[:, None] > rank_other, axis=1))
         if level is not None:
             rejected = int(np.sum(gen < level))
             if rejected and rejected >= MIXED_SHARE * m.count:
                 out.disagreeing[name] = (rejected, m.count)
         for j, other in enumerate(other_names):
-            share = float(np.mean(other_scores[:, j] >= gen))
+            share = float(np.mean(rank_other[:, j] >= rank_own))
             taken = None if level is None else float(np.mean(other_scores[:, j] >= level))
             if share >= CONFUSED_SHARE or (taken is not None and taken >= CONFUSED_SHARE):
                 out.confusions.append(ModelConfusion(name, other, share, float(np.dot(fps[mi], fps[names.index(other)])),
@@ -523,6 +574,7 @@ def lineage(names: list[str], fingerprints: np.ndarray, cohort_fps: np.ndarray |
 
 __all__ = ["UNKNOWN", "Identification", "identification_record", "failure_record", "identify_embeddings", "top_k_indices",
            "RANKINGS", "GALLERY_WHITENING_SHRINKAGE", "rank_shrinkage", "GalleryRanking", "gallery_ranking",
+           "CHECK_FOLDS", "ranking_holdout_scores",
            "Verification", "verify_embeddings",
            "GalleryCheck", "ModelConfusion", "check_gallery", "gallery_lr_calibration", "verify_lr_calibration",
            "LR_SOURCES",

@@ -443,6 +443,11 @@ def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
         far = "n/a (one model)" if chk.expected_far is None else f"{chk.expected_far:.1%}"
         rates = (f"decision {rule}: expected false-accept rate {far}, false-reject rate {chk.expected_frr:.1%} "
                  f"(leave-one-out over the gallery's own images)")
+    if chk.loo_accuracy is not None:
+        how = ("whitened ranking, each image ranked by the gallery without its fold of images"
+               if chk.ranked_by == "whitened" else "cosine ranking, leave-one-out")
+        acc = f"expected top-1 accuracy for enrolled models {chk.loo_accuracy:.1%} ({how})"
+        rates = acc if rates is None else f"{rates}\n{acc}"
     warns = []
     for name, (rej, n) in sorted(chk.disagreeing.items()):
         warns.append(f"'{name}': {rej} of its {n} images are rejected against its own fingerprint "
@@ -451,6 +456,6 @@ def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
         taken = ("" if c.accepted_share is None else
                  f", and {c.accepted_share:.0%} would be attributed to '{c.other}' if '{c.model}' were not enrolled")
         warns.append(f"'{c.model}' and '{c.other}' are not separable by this extractor: {c.share:.0%} of "
-                     f"'{c.model}' images score at least as high against '{c.other}' as against their own model"
+                     f"'{c.model}' images rank '{c.other}' at least as high as their own model"
                      f"{taken} (fingerprint cosine {c.fingerprint_cosine:.3f}; e.g. a shared decoder)")
     return rates, warns

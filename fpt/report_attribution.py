@@ -27,7 +27,8 @@ def render_enrolment(res: Any, chk: Any, *, json_out: bool) -> None:
                     "images": res.total, "low_confidence": res.low_confidence,
                     "threshold": res.threshold,
                     "decision": {"rule": chk.rule, "level": chk.level, "expected_far": chk.expected_far,
-                                 "expected_frr": chk.expected_frr, "loo_accuracy": chk.loo_accuracy},
+                                 "expected_frr": chk.expected_frr, "loo_accuracy": chk.loo_accuracy,
+                                 "ranked_by": chk.ranked_by},
                     "warnings": warnings})
         return
     console.print(f"enrolled [bold]{literal(res.model)}[/bold]: {res.added} new image(s), {res.already_enrolled} "

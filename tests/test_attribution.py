@@ -361,6 +361,48 @@ def test_whitened_ranking_score_does_not_depend_on_the_batch():
     np.testing.assert_array_equal(together, alone)
 
 
+def test_gallery_check_measures_the_ranking_identify_uses():
+    from fpt.attribution import check_gallery
+    from fpt.report import gallery_check_messages
+
+    g, _, _ = _content_dominated_gallery()
+    white, plain = check_gallery(g), check_gallery(g, rank="cosine")
+    assert white.ranked_by == "whitened" and plain.ranked_by == "cosine"
+    # content decides the raw-cosine ranking of held-out enrolled images, not the whitened one
+    assert white.loo_accuracy > 0.95 and plain.loo_accuracy < 0.7, (white.loo_accuracy, plain.loo_accuracy)
+    assert all(c.share == 0.0 for c in white.confusions)
+    assert any(c.share >= 0.25 for c in plain.confusions)
+    rates, _ = gallery_check_messages(white)
+    assert "expected top-1 accuracy for enrolled models 100.0% (whitened ranking" in rates
+    # one image per model: no whitening to fit, so the check says it ranked by cosine
+    one = Gallery(Path("y"))
+    for n, m in g.models.items():
+        one.models[n] = ModelEntry(n, m.embeddings[:2] if n == "m0" else m.embeddings[:1])
+    assert check_gallery(one).ranked_by == "cosine"
+
+
+def test_gallery_check_never_scores_an_image_with_a_whitening_fitted_on_it():
+    """Embeddings with no model signal at all: an honest held-out top-1 is at chance (1/10).
+    Whitening fitted on every image, then leave-one-out fingerprints, scores about 0.22 on the
+    same galleries: the held-out image's own deviation was whitened away."""
+    from fpt.attribution import CHECK_FOLDS, check_gallery, ranking_holdout_scores
+
+    accs = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        g = Gallery(Path("z"))
+        for i in range(10):
+            g.models[f"m{i}"] = ModelEntry(f"m{i}", rng.normal(size=(5, 24)).astype(np.float32))
+        accs.append(check_gallery(g).loo_accuracy)
+    assert 0.05 < np.mean(accs) < 0.16, np.mean(accs)
+    # single-image models are never held out (NaN rows), and keep their fingerprint in every fold
+    g.models["solo"] = ModelEntry("solo", rng.normal(size=(1, 24)).astype(np.float32))
+    scores = ranking_holdout_scores(g, 1.0, folds=CHECK_FOLDS)
+    solo = g.names().index("solo")
+    assert scores.shape == (51, 11) and np.isnan(scores[solo * 5]).all()
+    assert np.isfinite(np.delete(scores, solo * 5, axis=0)).all()
+
+
 def test_bad_ranking_name_is_refused():
     from fpt.errors import InputError
 

@@ -155,7 +155,7 @@ def _print_calibration(cal, vrows, rates, warnings) -> None:
     for w in warnings:
         warn(w)
     print_table("raw-cosine identification threshold (stored in the gallery; used with no LR calibration)",
-                ["FAR asked", "threshold", "expected FAR", "expected FRR", "LOO top-1 acc", "genuine", "impostor"],
+                ["FAR asked", "threshold", "expected FAR", "expected FRR", "LOO top-1 (cosine)", "genuine", "impostor"],
                 [[cal.far, f"{cal.threshold:.{score_digits(cal.threshold)}f}", cal.expected_far, cal.expected_frr, cal.loo_accuracy,
                   cal.n_genuine, cal.n_impostor]])
     if vrows:
