@@ -123,52 +123,69 @@ class GalleryRanking:
         return cosine_matrix(x, self.fingerprints.astype(np.float64)).astype(np.float32)
 
 
+def _fit_ranking(emb: np.ndarray, labels: np.ndarray, shrinkage: float) -> GalleryRanking:
+    w = fit_within_class(emb, labels, shrinkage)
+    # classes come back sorted, i.e. in g.names() order
+    _, fps = class_fingerprints(w.apply(emb), labels, np.arange(len(labels)))
+    return GalleryRanking(w, fps.astype(np.float32))
+
+
 def gallery_ranking(g: Gallery, shrinkage: float = GALLERY_WHITENING_SHRINKAGE) -> GalleryRanking | None:
     """The gallery's whitened ranking, or None when it cannot fit one (fewer than 2 models with
     2+ enrolled images: then models are ranked by raw cosine)."""
     emb, labels = gallery_embeddings(g)
     if not can_whiten(labels):
         return None
-    w = fit_within_class(emb, labels, shrinkage)
-    # classes come back sorted, i.e. in g.names() order
-    _, fps = class_fingerprints(w.apply(emb), labels.astype(str), np.arange(len(labels)))
-    return GalleryRanking(w, fps.astype(np.float32))
+    return _fit_ranking(emb, labels.astype(str), shrinkage)
 
 
 #: folds of the gallery check's held-out estimate under the whitened ranking
 CHECK_FOLDS = 5
 
 
-def ranking_holdout_scores(g: Gallery, shrinkage: float, folds: int = CHECK_FOLDS) -> np.ndarray | None:
-    """Ranking scores of every enrolled image against every model (``g.names()`` order), each image
-    ranked as :func:`identify_embeddings` would rank it by a gallery without it.
+@dataclass(frozen=True)
+class HeldOutRanking:
+    """The whitened ranking as it would score each enrolled image from a gallery without it.
 
     Exact leave-one-out would refit the whitening once per image, so the images of each model with
-    2+ images are dealt into ``folds`` folds (its j-th image to fold j mod ``folds``) and each fold
-    is ranked by a whitening and fingerprints fitted on the other folds: the estimate never sees the
-    image it scores, at the price of a gallery smaller by a fold (slightly pessimistic). Models
-    with one image are never left out (every model keeps a fingerprint). Rows of single-image
-    models are not scored (NaN). None when a fold leaves too few images to fit the whitening.
+    2+ images are dealt into folds (its j-th image to fold j mod ``folds``) and ``rankings[f]``
+    is fitted on the other folds: no image is scored by a whitening that has seen it, at the price
+    of a gallery smaller by a fold (slightly pessimistic). Models with one image are never left out,
+    so every model keeps a fingerprint in every fold.
     """
-    from fpt.metrics.identification import gallery_scores
 
+    fold: np.ndarray  # (images,) fold of each enrolled image in gallery_embeddings() order; -1: kept
+    rankings: list[GalleryRanking]
+
+    def scores(self, rows: np.ndarray, emb: np.ndarray) -> np.ndarray:
+        """Held-out ranking scores (len(rows), models) of the enrolled images ``rows`` (indices in
+        gallery_embeddings() order, none of them kept), whose embeddings are ``emb``."""
+        fold = self.fold[rows]
+        if np.any(fold < 0):
+            raise ValueError("images of single-image models are never held out")
+        out = np.empty((len(rows), self.rankings[0].fingerprints.shape[0]), np.float32)
+        for f in np.unique(fold):
+            out[fold == f] = self.rankings[f].scores(emb[fold == f])
+        return out
+
+
+def held_out_ranking(g: Gallery, shrinkage: float = GALLERY_WHITENING_SHRINKAGE,
+                     folds: int = CHECK_FOLDS) -> HeldOutRanking | None:
+    """Fit :class:`HeldOutRanking`; None when a fold leaves too few images to fit the whitening."""
     emb, labels = gallery_embeddings(g)
-    names = g.names()
-    counts = np.concatenate([np.full(g.models[n].count, g.models[n].count) for n in names])
-    within = np.concatenate([np.arange(g.models[n].count) for n in names])
-    fold = np.where(counts >= 2, within % folds, -1)
     labels = labels.astype(str)
-    out = np.full((len(labels), len(names)), np.nan)
+    counts = np.concatenate([np.full(m.count, m.count) for m in map(g.get, g.names())])
+    within = np.concatenate([np.arange(g.get(n).count) for n in g.names()])
+    fold = np.where(counts >= 2, within % folds, -1)
+    rankings = []
     for f in range(folds):
-        probe, gal = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-        if probe.size == 0:
-            continue
-        if not can_whiten(labels[gal]):
+        kept = fold != f
+        if not can_whiten(labels[kept]):
             return None
-        classes, _, ranked = gallery_scores(emb, labels, gal, probe, shrinkage)
-        assert classes == names  # every model keeps an image outside each fold
-        out[probe] = ranked
-    return out
+        rankings.append(_fit_ranking(emb[kept], labels[kept], shrinkage))
+        # every model keeps an image outside each fold, so the fingerprints follow g.names()
+        assert rankings[-1].fingerprints.shape[0] == len(g.models)
+    return HeldOutRanking(fold, rankings)
 
 
 def gallery_lr_calibration(g: Gallery, scores: tuple[np.ndarray, np.ndarray] | None = None
@@ -420,7 +437,7 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
     extractor does not separate.
 
     Top-1 accuracy and the confusion shares are measured under ``rank``, the ranking
-    :func:`identify_embeddings` uses: whitened by :func:`ranking_holdout_scores` (cross-fitted
+    :func:`identify_embeddings` uses: whitened by :func:`held_out_ranking` (cross-fitted
     folds), raw cosine by exact leave-one-out (also when the folds cannot fit a whitening).
     """
     from fpt.calibration import cohort_stats, normalised_scores
@@ -434,10 +451,10 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
     top_n = cohort.calibration.top_n if use_cohort else 0
     level = float(min_log10_lr) if use_lr else (g.calibration.threshold if g.calibration else None)
     shrinkage = rank_shrinkage(rank)
-    ranked = ranking_holdout_scores(g, shrinkage) if shrinkage is not None else None
+    held = held_out_ranking(g, shrinkage) if shrinkage is not None and len(names) >= 2 else None
     gen_all, imp_all, ok_all = [], [], []
     out = GalleryCheck("lr" if use_lr else "raw", level, None, None, None,
-                       ranked_by="cosine" if ranked is None else rank)
+                       ranked_by="cosine" if held is None else rank)
     starts = np.cumsum([0] + [g.models[n].count for n in names])
     for mi, name in enumerate(names):
         m = g.models[name]
@@ -464,10 +481,10 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
             if gal_cal is not None:
                 gen, other_scores = gal_cal.log10_lr(gen), gal_cal.log10_lr(other_scores)
         best_other = other_scores.max(axis=1) if other_scores.shape[1] else np.full(m.count, -np.inf)
-        if ranked is None:
+        if held is None:
             rank_own, rank_other = raw_gen, e @ others.T
         else:
-            rows = ranked[starts[mi]:starts[mi + 1]]
+            rows = held.scores(np.arange(starts[mi], starts[mi + 1]), m.embeddings)
             rank_own, rank_other = rows[:, mi], np.delete(rows, mi, axis=1)
         gen_all.append(gen)
         imp_all.append(best_other)
@@ -574,7 +591,7 @@ def lineage(names: list[str], fingerprints: np.ndarray, cohort_fps: np.ndarray |
 
 __all__ = ["UNKNOWN", "Identification", "identification_record", "failure_record", "identify_embeddings", "top_k_indices",
            "RANKINGS", "GALLERY_WHITENING_SHRINKAGE", "rank_shrinkage", "GalleryRanking", "gallery_ranking",
-           "CHECK_FOLDS", "ranking_holdout_scores",
+           "CHECK_FOLDS", "HeldOutRanking", "held_out_ranking",
            "Verification", "verify_embeddings",
            "GalleryCheck", "ModelConfusion", "check_gallery", "gallery_lr_calibration", "verify_lr_calibration",
            "LR_SOURCES",

@@ -385,7 +385,7 @@ def test_gallery_check_never_scores_an_image_with_a_whitening_fitted_on_it():
     """Embeddings with no model signal at all: an honest held-out top-1 is at chance (1/10).
     Whitening fitted on every image, then leave-one-out fingerprints, scores about 0.22 on the
     same galleries: the held-out image's own deviation was whitened away."""
-    from fpt.attribution import CHECK_FOLDS, check_gallery, ranking_holdout_scores
+    from fpt.attribution import CHECK_FOLDS, check_gallery, gallery_embeddings, held_out_ranking
 
     accs = []
     for seed in range(20):
@@ -395,12 +395,17 @@ def test_gallery_check_never_scores_an_image_with_a_whitening_fitted_on_it():
             g.models[f"m{i}"] = ModelEntry(f"m{i}", rng.normal(size=(5, 24)).astype(np.float32))
         accs.append(check_gallery(g).loo_accuracy)
     assert 0.05 < np.mean(accs) < 0.16, np.mean(accs)
-    # single-image models are never held out (NaN rows), and keep their fingerprint in every fold
+    # images are dealt to folds per model; a single-image model is never held out and keeps its
+    # fingerprint in every fold
     g.models["solo"] = ModelEntry("solo", rng.normal(size=(1, 24)).astype(np.float32))
-    scores = ranking_holdout_scores(g, 1.0, folds=CHECK_FOLDS)
-    solo = g.names().index("solo")
-    assert scores.shape == (51, 11) and np.isnan(scores[solo * 5]).all()
-    assert np.isfinite(np.delete(scores, solo * 5, axis=0)).all()
+    held = held_out_ranking(g, 1.0, folds=CHECK_FOLDS)
+    assert held.fold.tolist() == [0, 1, 2, 3, 4] * 10 + [-1]
+    assert all(r.fingerprints.shape == (11, 24) for r in held.rankings)
+    emb, _ = gallery_embeddings(g)
+    scores = held.scores(np.arange(50), emb[:50])
+    assert scores.shape == (50, 11) and np.isfinite(scores).all()
+    with pytest.raises(ValueError, match="never held out"):
+        held.scores(np.array([50]), emb[50:])
 
 
 def test_bad_ranking_name_is_refused():
