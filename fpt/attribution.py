@@ -14,6 +14,8 @@ model, whose calibration (leave-one-out on the gallery) the whitening would bias
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -117,10 +119,15 @@ class GalleryRanking:
     whitening: WithinClassWhitening
     fingerprints: np.ndarray  # (models, D)
 
+    @cached_property
+    def _unit_fingerprints(self) -> np.ndarray:
+        # normalised once, not per call: the gallery check scores one model's images at a time
+        return l2_normalise(self.fingerprints.astype(np.float64))
+
     def scores(self, emb: np.ndarray) -> np.ndarray:
         x = self.whitening.apply(emb).astype(np.float64)
         # float64 then rounded, as the raw scores are: a probe's scores must not depend on its batch
-        return cosine_matrix(x, self.fingerprints.astype(np.float64)).astype(np.float32)
+        return (l2_normalise(np.atleast_2d(x)) @ self._unit_fingerprints.T).astype(np.float32)
 
 
 def _fit_ranking(emb: np.ndarray, labels: np.ndarray, shrinkage: float) -> GalleryRanking:
@@ -167,6 +174,26 @@ class HeldOutRanking:
         for f in np.unique(fold):
             out[fold == f] = self.rankings[f].scores(emb[fold == f])
         return out
+
+    def per_model(self, emb: np.ndarray, starts: np.ndarray, block: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
+        """``(model index, held-out scores of its images)`` for every model with 2+ images, in
+        order. ``emb``: every enrolled embedding, model ``k`` in rows ``starts[k]:starts[k + 1]``.
+        Scored about ``block`` images at a time: one call per model would cost a few numpy calls
+        per fold per model, and all at once an images x models matrix."""
+        n_models = len(starts) - 1
+        lo = 0
+        while lo < n_models:
+            hi = lo + 1
+            while hi < n_models and starts[hi + 1] - starts[lo] <= block:
+                hi += 1
+            rows = np.arange(starts[lo], starts[hi])
+            held = self.fold[rows] >= 0
+            scores = np.full((rows.size, len(starts) - 1), np.nan, np.float32)
+            scores[held] = self.scores(rows[held], emb[rows[held]])
+            for k in range(lo, hi):
+                if starts[k + 1] - starts[k] >= 2:
+                    yield k, scores[starts[k] - starts[lo]:starts[k + 1] - starts[lo]]
+            lo = hi
 
 
 def held_out_ranking(g: Gallery, shrinkage: float = GALLERY_WHITENING_SHRINKAGE,
@@ -456,17 +483,22 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
     out = GalleryCheck("lr" if use_lr else "raw", level, None, None, None,
                        ranked_by="cosine" if held is None else rank)
     starts = np.cumsum([0] + [g.models[n].count for n in names])
+    fps64 = fps.astype(np.float64)
+    held_rows = held.per_model(gallery_embeddings(g)[0], starts) if held is not None else None
     for mi, name in enumerate(names):
         m = g.models[name]
         if m.count < 2:
             continue
         e = l2_normalise(m.embeddings.astype(np.float64))
         loo = l2_normalise(e.sum(axis=0)[None, :] - e)  # own fingerprint without each image
-        others = np.delete(fps, mi, axis=0).astype(np.float64)
-        other_names = [n for n in names if n != name]
+        # one (images, models) product per model, not a copy of the other models' fingerprints:
+        # a gallery may hold 10^4 models
+        other_idx = np.delete(np.arange(len(names)), mi)
+        raw_other = (e @ fps64.T)[:, other_idx]
         raw_gen = np.sum(e * loo, axis=1)
         if use_cohort:
-            ext_p = np.hstack([e @ cfp.T, e @ others.T])
+            others = fps64[other_idx]
+            ext_p = np.hstack([e @ cfp.T, raw_other])
             ext_m = np.hstack([loo @ cfp.T, loo @ others.T])
             ps, ms = cohort_stats(ext_p, top_n), cohort_stats(ext_m, top_n)
             gen = cal.log10_lr(0.5 * ((raw_gen - ps.mean) / ps.std + (raw_gen - ms.mean) / ms.std))
@@ -477,14 +509,15 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
                 other_scores = np.full((m.count, 0), -np.inf)
         else:
             gen = raw_gen
-            other_scores = e @ others.T if others.shape[0] else np.full((m.count, 0), -np.inf)
+            other_scores = raw_other
             if gal_cal is not None:
                 gen, other_scores = gal_cal.log10_lr(gen), gal_cal.log10_lr(other_scores)
         best_other = other_scores.max(axis=1) if other_scores.shape[1] else np.full(m.count, -np.inf)
         if held is None:
-            rank_own, rank_other = raw_gen, e @ others.T
+            rank_own, rank_other = raw_gen, raw_other
         else:
-            rows = held.scores(np.arange(starts[mi], starts[mi + 1]), m.embeddings)
+            k, rows = next(held_rows)
+            assert k == mi  # both walk the models with 2+ images in g.names() order
             rank_own, rank_other = rows[:, mi], np.delete(rows, mi, axis=1)
         gen_all.append(gen)
         imp_all.append(best_other)
@@ -493,12 +526,15 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
             rejected = int(np.sum(gen < level))
             if rejected and rejected >= MIXED_SHARE * m.count:
                 out.disagreeing[name] = (rejected, m.count)
-        for j, other in enumerate(other_names):
-            share = float(np.mean(rank_other[:, j] >= rank_own))
-            taken = None if level is None else float(np.mean(other_scores[:, j] >= level))
-            if share >= CONFUSED_SHARE or (taken is not None and taken >= CONFUSED_SHARE):
-                out.confusions.append(ModelConfusion(name, other, share, float(np.dot(fps[mi], fps[names.index(other)])),
-                                                     taken))
+        share = np.mean(rank_other >= rank_own[:, None], axis=0)
+        taken = None if level is None else np.mean(other_scores >= level, axis=0)
+        flagged = share >= CONFUSED_SHARE
+        if taken is not None:
+            flagged |= taken >= CONFUSED_SHARE
+        for j in np.flatnonzero(flagged):
+            oi = other_idx[j]
+            out.confusions.append(ModelConfusion(name, names[oi], float(share[j]), float(np.dot(fps[mi], fps[oi])),
+                                                 None if taken is None else float(taken[j])))
     if gen_all:
         gen, imp, ok = np.concatenate(gen_all), np.concatenate(imp_all), np.concatenate(ok_all)
         out.loo_accuracy = float(np.mean(ok))

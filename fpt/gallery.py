@@ -336,8 +336,8 @@ def calibration_scores(g: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         total = e.sum(axis=0)
         loo = _unit(total[None, :] - e)  # (n, D) own fingerprint without each image
         own = np.sum(e * loo, axis=1)
-        others = np.delete(fps, mi, axis=0)
-        best_other = (e @ others.T).max(axis=1) if others.shape[0] else np.full(m.count, -1.0)
+        # one (images, models) product, not a copy of the other models' fingerprints per model
+        best_other = np.delete(e @ fps.T, mi, axis=1).max(axis=1) if len(names) > 1 else np.full(m.count, -1.0)
         gen.append(own)
         imp.append(best_other)
         correct.append(own > best_other)

@@ -406,6 +406,11 @@ def test_gallery_check_never_scores_an_image_with_a_whitening_fitted_on_it():
     assert scores.shape == (50, 11) and np.isfinite(scores).all()
     with pytest.raises(ValueError, match="never held out"):
         held.scores(np.array([50]), emb[50:])
+    # scored a block of models at a time, the same numbers, for the models with 2+ images only
+    starts = np.arange(0, 55, 5)[:11].tolist() + [51]
+    blocks = list(held.per_model(emb, np.array(starts), block=7))
+    assert [k for k, _ in blocks] == list(range(10))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), scores)
 
 
 def test_bad_ranking_name_is_refused():
