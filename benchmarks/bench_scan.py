@@ -20,7 +20,8 @@ peak RSS against the number of files, and identification cost against the galler
    chunks of 256 probes against galleries of ``--gallery-sizes`` models of ``--per-model``
    random embeddings each, per probe, ranked by raw cosine and by the gallery's whitened score
    (its fit, ``gallery_ranking``, timed on its own: a scan fits it once); brute-force matrix
-   product + partial sort.
+   product + partial sort. Also the gallery check that ``fpt enroll`` runs after every enrolment
+   (``check_gallery``: leave-one-out rates, cross-fitted whitened top-1, confusions).
 
 Peak RSS is the maximum resident set size (``ru_maxrss``) of the main process of each run (of
 each rank under torchrun). Decoding workers are forks of it and share its pages; they are not
@@ -133,16 +134,16 @@ def rss_flatness(work: Path, counts: list[int], gallery: Path, env: dict) -> Non
 
 
 def gallery_scale(sizes: list[int], dim: int, per_model: int = 10, chunk: int = 256, repeats: int = 3) -> None:
-    from fpt.attribution import gallery_lr_calibration, gallery_ranking, identify_embeddings
+    from fpt.attribution import check_gallery, gallery_lr_calibration, gallery_ranking, identify_embeddings
     from fpt.gallery import Gallery, ModelEntry
 
     rng = np.random.default_rng(0)
     probes = rng.normal(size=(chunk, dim)).astype(np.float32)
     probes /= np.linalg.norm(probes, axis=1, keepdims=True)
     print(f"{per_model} images per model; LR fit = gallery_lr_calibration(), ranking fit = gallery_ranking(): "
-          "once per gallery, as a scan does")
+          "once per gallery, as a scan does; check = check_gallery(), after every enroll")
     print(f"{'models':>8} {'fingerprints MB':>15} {'fingerprint_matrix() s':>22} {'LR fit s':>8} {'ranking fit s':>13} "
-          f"{'identify ms/probe cosine':>24} {'whitened':>9} {'ratio':>6} {'of which matmul':>16}")
+          f"{'check s':>8} {'identify ms/probe cosine':>24} {'whitened':>9} {'ratio':>6} {'of which matmul':>16}")
     for m in sizes:
         emb = rng.normal(size=(m * per_model, dim)).astype(np.float32)
         g = Gallery(path=Path("bench.h5"), embedding_dim=dim,
@@ -157,6 +158,9 @@ def gallery_scale(sizes: list[int], dim: int, per_model: int = 10, chunk: int = 
         t0 = time.perf_counter()
         ranking = gallery_ranking(g)
         t_rank = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        check_gallery(g)
+        t_check = time.perf_counter() - t0
         cost = {}
         for rank in ("cosine", "whitened"):
             best = float("inf")
@@ -173,7 +177,7 @@ def gallery_scale(sizes: list[int], dim: int, per_model: int = 10, chunk: int = 
             t0 = time.perf_counter()
             p64 @ f64.T
             mm = min(mm, time.perf_counter() - t0)
-        print(f"{m:>8} {fps[1].nbytes / 2**20:15.1f} {t_fp:22.2f} {t_cal:8.2f} {t_rank:13.2f} {1000 * cost['cosine'] / chunk:24.3f} "
+        print(f"{m:>8} {fps[1].nbytes / 2**20:15.1f} {t_fp:22.2f} {t_cal:8.2f} {t_rank:13.2f} {t_check:8.2f} {1000 * cost['cosine'] / chunk:24.3f} "
               f"{1000 * cost['whitened'] / chunk:9.3f} {cost['whitened'] / cost['cosine']:6.2f} "
               f"{1000 * mm / chunk:16.3f}", flush=True)
 

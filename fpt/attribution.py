@@ -449,12 +449,16 @@ class GalleryCheck:
     disagreeing: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (rejected, images)
     confusions: list[ModelConfusion] = field(default_factory=list)
     ranked_by: str = "cosine"  # the ranking behind loo_accuracy and the confusion shares
+    confused_pairs: int = 0  # (model, other) pairs flagged; ``confusions`` keeps the worst few per model
 
 
 #: a model is flagged as possibly mixed when this share of its own images is rejected against it
 MIXED_SHARE = 0.25
 #: two models are flagged as not separable when this share of one's images prefers the other
 CONFUSED_SHARE = 0.25
+#: flagged pairs kept per model, worst first: an extractor that separates nothing in a gallery of
+#: 10^4 models would otherwise flag 10^8 pairs
+CONFUSIONS_PER_MODEL = 3
 
 
 def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float = DEFAULT_MIN_LOG10_LR,
@@ -531,7 +535,10 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
         flagged = share >= CONFUSED_SHARE
         if taken is not None:
             flagged |= taken >= CONFUSED_SHARE
-        for j in np.flatnonzero(flagged):
+        flagged = np.flatnonzero(flagged)
+        out.confused_pairs += int(flagged.size)
+        worst = np.maximum(share, taken) if taken is not None else share
+        for j in flagged[np.argsort(-worst[flagged], kind="stable")[:CONFUSIONS_PER_MODEL]]:
             oi = other_idx[j]
             out.confusions.append(ModelConfusion(name, names[oi], float(share[j]), float(np.dot(fps[mi], fps[oi])),
                                                  None if taken is None else float(taken[j])))
@@ -629,7 +636,7 @@ __all__ = ["UNKNOWN", "Identification", "identification_record", "failure_record
            "RANKINGS", "GALLERY_WHITENING_SHRINKAGE", "rank_shrinkage", "GalleryRanking", "gallery_ranking",
            "CHECK_FOLDS", "HeldOutRanking", "held_out_ranking",
            "Verification", "verify_embeddings",
-           "GalleryCheck", "ModelConfusion", "check_gallery", "gallery_lr_calibration", "verify_lr_calibration",
+           "GalleryCheck", "ModelConfusion", "CONFUSIONS_PER_MODEL", "check_gallery", "gallery_lr_calibration", "verify_lr_calibration",
            "LR_SOURCES",
            "set_fingerprint", "VerifyCalibration", "verify_threshold", "gallery_embeddings", "Lineage",
            "lineage", "best_accuracy"]

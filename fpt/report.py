@@ -435,6 +435,10 @@ def cohort_summary(c: Any) -> dict[str, Any]:
             "calibration": cal.to_dict() if cal else None}
 
 
+#: warnings of each kind a gallery check prints (worst first); JSON keeps the rest
+CHECK_WARNINGS = 20
+
+
 def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
     """(expected-rates line or None, warning lines) for an :class:`fpt.attribution.GalleryCheck`."""
     rates = None
@@ -449,13 +453,23 @@ def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
         acc = f"expected top-1 accuracy for enrolled models {chk.loo_accuracy:.1%} ({how})"
         rates = acc if rates is None else f"{rates}\n{acc}"
     warns = []
-    for name, (rej, n) in sorted(chk.disagreeing.items()):
+    disagreeing = sorted(chk.disagreeing.items(), key=lambda kv: (-kv[1][0] / kv[1][1], kv[0]))
+    for name, (rej, n) in disagreeing[:CHECK_WARNINGS]:
         warns.append(f"'{name}': {rej} of its {n} images are rejected against its own fingerprint "
                      f"(leave-one-out): the images disagree - the folder may mix sources or post-processing")
-    for c in chk.confusions:
+    if len(disagreeing) > CHECK_WARNINGS:
+        warns.append(f"... and {len(disagreeing) - CHECK_WARNINGS} more models whose images disagree "
+                     "(--json lists them all)")
+    confusions = sorted(chk.confusions, key=lambda c: -c.share)
+    for c in confusions[:CHECK_WARNINGS]:
         taken = ("" if c.accepted_share is None else
                  f", and {c.accepted_share:.0%} would be attributed to '{c.other}' if '{c.model}' were not enrolled")
         warns.append(f"'{c.model}' and '{c.other}' are not separable by this extractor: {c.share:.0%} of "
                      f"'{c.model}' images rank '{c.other}' at least as high as their own model"
                      f"{taken} (fingerprint cosine {c.fingerprint_cosine:.3f}; e.g. a shared decoder)")
+    if chk.confused_pairs > min(len(confusions), CHECK_WARNINGS):
+        from fpt.attribution import CONFUSIONS_PER_MODEL
+
+        warns.append(f"... {chk.confused_pairs} pairs of models in all are not separable by this extractor "
+                     f"(--json lists the worst {len(confusions)}, up to {CONFUSIONS_PER_MODEL} per model)")
     return rates, warns

@@ -205,3 +205,28 @@ def test_run_decisions_sweep_and_cllr(rng):
     assert len(decision_rows(d)[1]) == 6 and len(cllr_rows(d)[1]) == 4
     none = run_decisions(emb, labels, sp.pairs, None, seed=0, repeats=1, unknown_fraction=0.3, far=0.05)
     assert "cohort" not in none.cllr and none.open_set[0].accuracy["LR cohort"] is None and none.notes
+
+
+def test_check_of_a_gallery_the_extractor_cannot_separate_stays_bounded(rng):
+    """Pure-noise embeddings: nearly every pair of models is flagged. The check keeps the worst
+    few per model and counts the rest, and prints a bounded number of warnings."""
+    from fpt.attribution import CONFUSIONS_PER_MODEL, check_gallery
+    from fpt.report import CHECK_WARNINGS, gallery_check_messages
+
+    n = 60
+    chk = check_gallery(_gallery({f"m{i:02d}": rng.normal(size=(4, 16)) for i in range(n)}))
+    assert chk.confused_pairs > n * CONFUSIONS_PER_MODEL
+    per_model = {}
+    for c in chk.confusions:
+        per_model[c.model] = per_model.get(c.model, 0) + 1
+    assert max(per_model.values()) == CONFUSIONS_PER_MODEL
+    for name in per_model:  # the kept ones are that model's worst
+        kept = [max(c.share, c.accepted_share) for c in chk.confusions if c.model == name]
+        assert kept == sorted(kept, reverse=True)
+    _, warns = gallery_check_messages(chk)
+    not_separable = [w for w in warns if "are not separable by this extractor:" in w]
+    assert len(not_separable) == CHECK_WARNINGS
+    shares = [float(w.split(": ")[1].split("%")[0]) for w in not_separable]
+    assert shares == sorted(shares, reverse=True)
+    assert warns[-1].startswith(f"... {chk.confused_pairs} pairs of models in all are not separable")
+    assert len(warns) <= 2 * CHECK_WARNINGS + 2
