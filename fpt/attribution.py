@@ -432,6 +432,11 @@ class ModelConfusion:
     fingerprint_cosine: float
     accepted_share: float | None = None  # of ``model``'s images ``other`` would take if ``model`` were not enrolled
 
+    @property
+    def ranked_apart(self) -> bool:
+        """Flagged only for the open-set decision: ranking tells the two apart while both are enrolled."""
+        return self.share < CONFUSED_SHARE
+
 
 @dataclass
 class GalleryCheck:
@@ -544,7 +549,8 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
                                                  None if taken is None else float(taken[j])))
     if gen_all:
         gen, imp, ok = np.concatenate(gen_all), np.concatenate(imp_all), np.concatenate(ok_all)
-        out.loo_accuracy = float(np.mean(ok))
+        # with one model enrolled every image is "identified": no accuracy to report
+        out.loo_accuracy = float(np.mean(ok)) if len(names) >= 2 else None
         if level is not None:
             out.expected_frr = float(np.mean(gen < level))
             if len(names) >= 2:

@@ -463,10 +463,16 @@ def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
     confusions = sorted(chk.confusions, key=lambda c: -c.share)
     for c in confusions[:CHECK_WARNINGS]:
         taken = ("" if c.accepted_share is None else
-                 f", and {c.accepted_share:.0%} would be attributed to '{c.other}' if '{c.model}' were not enrolled")
-        warns.append(f"'{c.model}' and '{c.other}' are not separable by this extractor: {c.share:.0%} of "
-                     f"'{c.model}' images rank '{c.other}' at least as high as their own model"
-                     f"{taken} (fingerprint cosine {c.fingerprint_cosine:.3f}; e.g. a shared decoder)")
+                 f"{c.accepted_share:.0%} would be attributed to '{c.other}' if '{c.model}' were not enrolled")
+        cos = f"fingerprint cosine {c.fingerprint_cosine:.3f}"
+        if not c.ranked_apart:
+            warns.append(f"'{c.model}' and '{c.other}' are not separable by this extractor: {c.share:.0%} of "
+                         f"'{c.model}' images rank '{c.other}' at least as high as their own model"
+                         f"{', and ' + taken if taken else ''} ({cos}; e.g. a shared decoder)")
+        else:  # flagged only because the decision would accept them for the other model
+            warns.append(f"'{c.model}' images are told apart from '{c.other}' while both are enrolled ({c.share:.0%} "
+                         f"rank '{c.other}' at least as high as their own), but {taken}: images of an unenrolled generator like "
+                         f"'{c.model}' may be attributed to '{c.other}' ({cos})")
     if chk.confused_pairs > min(len(confusions), CHECK_WARNINGS):
         from fpt.attribution import CONFUSIONS_PER_MODEL
 

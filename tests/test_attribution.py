@@ -372,8 +372,16 @@ def test_gallery_check_measures_the_ranking_identify_uses():
     assert white.loo_accuracy > 0.95 and plain.loo_accuracy < 0.7, (white.loo_accuracy, plain.loo_accuracy)
     assert all(c.share == 0.0 for c in white.confusions)
     assert any(c.share >= 0.25 for c in plain.confusions)
-    rates, _ = gallery_check_messages(white)
+    rates, warns = gallery_check_messages(white)
     assert "expected top-1 accuracy for enrolled models 100.0% (whitened ranking" in rates
+    # pairs flagged only by the open-set decision are not called inseparable
+    assert white.confusions and all(c.ranked_apart for c in white.confusions)
+    assert not any("not separable" in w for w in warns)
+    assert any("are told apart from" in w and "were not enrolled" in w for w in warns)
+    # with one model there is no identification to be right or wrong about
+    solo = Gallery(Path("s"))
+    solo.models["m0"] = g.models["m0"]
+    assert check_gallery(solo).loo_accuracy is None
     # one image per model: no whitening to fit, so the check says it ranked by cosine
     one = Gallery(Path("y"))
     for n, m in g.models.items():
