@@ -455,6 +455,7 @@ class GalleryCheck:
     confusions: list[ModelConfusion] = field(default_factory=list)
     ranked_by: str = "cosine"  # the ranking behind loo_accuracy and the confusion shares
     confused_pairs: int = 0  # (model, other) pairs flagged; ``confusions`` keeps the worst few per model
+    kept_per_model: int = 0  # how many: CONFUSIONS_PER_MODEL
 
 
 #: a model is flagged as possibly mixed when this share of its own images is rejected against it
@@ -490,7 +491,7 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
     held = held_out_ranking(g, shrinkage) if shrinkage is not None and len(names) >= 2 else None
     gen_all, imp_all, ok_all = [], [], []
     out = GalleryCheck("lr" if use_lr else "raw", level, None, None, None,
-                       ranked_by="cosine" if held is None else rank)
+                       ranked_by="cosine" if held is None else rank, kept_per_model=CONFUSIONS_PER_MODEL)
     starts = np.cumsum([0] + [g.models[n].count for n in names])
     fps64 = fps.astype(np.float64)
     held_rows = held.per_model(gallery_embeddings(g)[0], starts) if held is not None else None

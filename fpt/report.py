@@ -474,8 +474,7 @@ def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
                          f"rank '{c.other}' at least as high as their own), but {taken}: images of an unenrolled generator like "
                          f"'{c.model}' may be attributed to '{c.other}' ({cos})")
     if chk.confused_pairs > min(len(confusions), CHECK_WARNINGS):
-        from fpt.attribution import CONFUSIONS_PER_MODEL
 
         warns.append(f"... {chk.confused_pairs} pairs of models in all are not separable by this extractor "
-                     f"(--json lists the worst {len(confusions)}, up to {CONFUSIONS_PER_MODEL} per model)")
+                     f"(--json lists the worst {len(confusions)}, up to {chk.kept_per_model} per model)")
     return rates, warns

@@ -291,8 +291,10 @@ def test_ctrl_c_prints_interrupted_and_keeps_gallery(world):
     many = world["d"] / "many"
     many.mkdir(exist_ok=True)
     rng = np.random.default_rng(2)
-    for i in range(60):
-        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(many / f"m{i}.png")
+    # enough images that embedding them outlasts a busy machine's delay in spotting torch (the
+    # interrupt must land mid-embedding, not as the finished command exits)
+    for i in range(240):
+        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(many / f"m{i}.png")
     gallery = world["d"] / "ctrlc.h5"
     shutil.copyfile(world["g"], gallery)
     before = digest(gallery)
