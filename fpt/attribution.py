@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Iterator
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 

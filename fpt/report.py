@@ -459,7 +459,7 @@ def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
                      f"(leave-one-out): the images disagree - the folder may mix sources or post-processing")
     if len(disagreeing) > CHECK_WARNINGS:
         warns.append(f"... and {len(disagreeing) - CHECK_WARNINGS} more models whose images disagree "
-                     "(--json lists them all)")
+                     "(`fpt gallery calibrate --json` lists them all)")
     confusions = sorted(chk.confusions, key=lambda c: -c.share)
     for c in confusions[:CHECK_WARNINGS]:
         taken = ("" if c.accepted_share is None else
@@ -474,7 +474,6 @@ def gallery_check_messages(chk: Any) -> tuple[str | None, list[str]]:
                          f"rank '{c.other}' at least as high as their own), but {taken}: images of an unenrolled generator like "
                          f"'{c.model}' may be attributed to '{c.other}' ({cos})")
     if chk.confused_pairs > min(len(confusions), CHECK_WARNINGS):
-
-        warns.append(f"... {chk.confused_pairs} pairs of models in all are not separable by this extractor "
-                     f"(--json lists the worst {len(confusions)}, up to {chk.kept_per_model} per model)")
+        warns.append(f"... {chk.confused_pairs} pairs of models flagged in all (`fpt gallery calibrate --json` "
+                     f"lists the worst {len(confusions)}, up to {chk.kept_per_model} per model)")
     return rates, warns

@@ -228,5 +228,5 @@ def test_check_of_a_gallery_the_extractor_cannot_separate_stays_bounded(rng):
     assert len(not_separable) == CHECK_WARNINGS
     shares = [float(w.split(": ")[1].split("%")[0]) for w in not_separable]
     assert shares == sorted(shares, reverse=True)
-    assert warns[-1].startswith(f"... {chk.confused_pairs} pairs of models in all are not separable")
+    assert warns[-1].startswith(f"... {chk.confused_pairs} pairs of models flagged in all")
     assert len(warns) <= 2 * CHECK_WARNINGS + 2
