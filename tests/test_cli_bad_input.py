@@ -293,8 +293,8 @@ def test_ctrl_c_prints_interrupted_and_keeps_gallery(world):
     rng = np.random.default_rng(2)
     # enough images that embedding them outlasts a busy machine's delay in spotting torch (the
     # interrupt must land mid-embedding, not as the finished command exits)
-    for i in range(240):
-        Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(many / f"m{i}.png")
+    for i in range(1000):
+        Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(many / f"m{i}.png")
     gallery = world["d"] / "ctrlc.h5"
     shutil.copyfile(world["g"], gallery)
     before = digest(gallery)
