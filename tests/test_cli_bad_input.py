@@ -298,8 +298,12 @@ def test_ctrl_c_prints_interrupted_and_keeps_gallery(world):
     gallery = world["d"] / "ctrlc.h5"
     shutil.copyfile(world["g"], gallery)
     before = digest(gallery)
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored, and so
+    # would fpt (Python keeps an inherited SIG_IGN): give the child the default disposition a
+    # terminal user has.
     proc = subprocess.Popen([FPT, "enroll", "many", str(many), "-g", str(gallery)], env=world["env"],
-                            cwd=world["d"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=world["d"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     # Interrupt once the command is running (torch loaded: argument parsing is over).
     while time.time() < deadline and proc.poll() is None:
