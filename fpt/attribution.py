@@ -24,9 +24,9 @@ from fpt.calibration import DEFAULT_MIN_LOG10_LR, LogisticCalibration
 from fpt.cohort import Cohort
 from fpt.errors import InputError
 from fpt.gallery import DEFAULT_FAR, Gallery
-from fpt.metrics.identification import fingerprints as class_fingerprints
+from fpt.metrics.identification import whitened_fingerprints
 from fpt.metrics.verification import best_accuracy, cosine_matrix, l2_normalise, set_pairs, threshold_at_far
-from fpt.metrics.within_class import WithinClassWhitening, can_whiten, fit_within_class
+from fpt.metrics.within_class import WithinClassWhitening, can_whiten
 
 UNKNOWN = "unknown"
 
@@ -131,9 +131,8 @@ class GalleryRanking:
 
 
 def _fit_ranking(emb: np.ndarray, labels: np.ndarray, shrinkage: float) -> GalleryRanking:
-    w = fit_within_class(emb, labels, shrinkage)
     # classes come back sorted, i.e. in g.names() order
-    _, fps = class_fingerprints(w.apply(emb), labels, np.arange(len(labels)))
+    w, _, fps = whitened_fingerprints(emb, labels, shrinkage)
     return GalleryRanking(w, fps.astype(np.float32))
 
 
@@ -161,26 +160,26 @@ class HeldOutRanking:
     so every model keeps a fingerprint in every fold.
     """
 
-    fold: np.ndarray  # (images,) fold of each enrolled image in gallery_embeddings() order; -1: kept
+    emb: np.ndarray  # (images, D) every enrolled embedding, in gallery_embeddings() order
+    starts: np.ndarray  # (models + 1,) model k (g.names() order) is rows starts[k]:starts[k + 1]
+    fold: np.ndarray  # (images,) fold of each enrolled image; -1: kept (single-image models)
     rankings: list[GalleryRanking]
 
-    def scores(self, rows: np.ndarray, emb: np.ndarray) -> np.ndarray:
-        """Held-out ranking scores (len(rows), models) of the enrolled images ``rows`` (indices in
-        gallery_embeddings() order, none of them kept), whose embeddings are ``emb``."""
+    def scores(self, rows: np.ndarray) -> np.ndarray:
+        """Held-out ranking scores (len(rows), models) of the enrolled images ``rows`` (none of them kept)."""
         fold = self.fold[rows]
         if np.any(fold < 0):
             raise ValueError("images of single-image models are never held out")
-        out = np.empty((len(rows), self.rankings[0].fingerprints.shape[0]), np.float32)
+        out = np.empty((len(rows), len(self.starts) - 1), np.float32)
         for f in np.unique(fold):
-            out[fold == f] = self.rankings[f].scores(emb[fold == f])
+            out[fold == f] = self.rankings[f].scores(self.emb[rows[fold == f]])
         return out
 
-    def per_model(self, emb: np.ndarray, starts: np.ndarray, block: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
+    def per_model(self, block: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
         """``(model index, held-out scores of its images)`` for every model with 2+ images, in
-        order. ``emb``: every enrolled embedding, model ``k`` in rows ``starts[k]:starts[k + 1]``.
-        Scored about ``block`` images at a time: one call per model would cost a few numpy calls
-        per fold per model, and all at once an images x models matrix."""
-        n_models = len(starts) - 1
+        order. Scored about ``block`` images at a time: one call per model would cost a few numpy
+        calls per fold per model, and all at once an images x models matrix."""
+        starts, n_models = self.starts, len(self.starts) - 1
         lo = 0
         while lo < n_models:
             hi = lo + 1
@@ -188,8 +187,8 @@ class HeldOutRanking:
                 hi += 1
             rows = np.arange(starts[lo], starts[hi])
             held = self.fold[rows] >= 0
-            scores = np.full((rows.size, len(starts) - 1), np.nan, np.float32)
-            scores[held] = self.scores(rows[held], emb[rows[held]])
+            scores = np.full((rows.size, n_models), np.nan, np.float32)
+            scores[held] = self.scores(rows[held])
             for k in range(lo, hi):
                 if starts[k + 1] - starts[k] >= 2:
                     yield k, scores[starts[k] - starts[lo]:starts[k + 1] - starts[lo]]
@@ -201,9 +200,10 @@ def held_out_ranking(g: Gallery, shrinkage: float = GALLERY_WHITENING_SHRINKAGE,
     """Fit :class:`HeldOutRanking`; None when a fold leaves too few images to fit the whitening."""
     emb, labels = gallery_embeddings(g)
     labels = labels.astype(str)
-    counts = np.concatenate([np.full(m.count, m.count) for m in map(g.get, g.names())])
-    within = np.concatenate([np.arange(g.get(n).count) for n in g.names()])
-    fold = np.where(counts >= 2, within % folds, -1)
+    counts = np.array([g.models[n].count for n in g.names()])
+    starts = np.r_[0, np.cumsum(counts)]
+    within = np.arange(len(labels)) - np.repeat(starts[:-1], counts)  # index of each image in its model
+    fold = np.where(np.repeat(counts, counts) >= 2, within % folds, -1)
     rankings = []
     for f in range(folds):
         kept = fold != f
@@ -212,7 +212,7 @@ def held_out_ranking(g: Gallery, shrinkage: float = GALLERY_WHITENING_SHRINKAGE,
         rankings.append(_fit_ranking(emb[kept], labels[kept], shrinkage))
         # every model keeps an image outside each fold, so the fingerprints follow g.names()
         assert rankings[-1].fingerprints.shape[0] == len(g.models)
-    return HeldOutRanking(fold, rankings)
+    return HeldOutRanking(emb, starts, fold, rankings)
 
 
 def gallery_lr_calibration(g: Gallery, scores: tuple[np.ndarray, np.ndarray] | None = None
@@ -492,9 +492,8 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
     gen_all, imp_all, ok_all = [], [], []
     out = GalleryCheck("lr" if use_lr else "raw", level, None, None, None,
                        ranked_by="cosine" if held is None else rank, kept_per_model=CONFUSIONS_PER_MODEL)
-    starts = np.cumsum([0] + [g.models[n].count for n in names])
     fps64 = fps.astype(np.float64)
-    held_rows = held.per_model(gallery_embeddings(g)[0], starts) if held is not None else None
+    held_rows = held.per_model() if held is not None else None
     for mi, name in enumerate(names):
         m = g.models[name]
         if m.count < 2:

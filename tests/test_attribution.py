@@ -393,7 +393,7 @@ def test_gallery_check_never_scores_an_image_with_a_whitening_fitted_on_it():
     """Embeddings with no model signal at all: an honest held-out top-1 is at chance (1/10).
     Whitening fitted on every image, then leave-one-out fingerprints, scores about 0.22 on the
     same galleries: the held-out image's own deviation was whitened away."""
-    from fpt.attribution import CHECK_FOLDS, check_gallery, gallery_embeddings, held_out_ranking
+    from fpt.attribution import CHECK_FOLDS, check_gallery, held_out_ranking
 
     accs = []
     for seed in range(20):
@@ -409,14 +409,13 @@ def test_gallery_check_never_scores_an_image_with_a_whitening_fitted_on_it():
     held = held_out_ranking(g, 1.0, folds=CHECK_FOLDS)
     assert held.fold.tolist() == [0, 1, 2, 3, 4] * 10 + [-1]
     assert all(r.fingerprints.shape == (11, 24) for r in held.rankings)
-    emb, _ = gallery_embeddings(g)
-    scores = held.scores(np.arange(50), emb[:50])
+    scores = held.scores(np.arange(50))
     assert scores.shape == (50, 11) and np.isfinite(scores).all()
     with pytest.raises(ValueError, match="never held out"):
-        held.scores(np.array([50]), emb[50:])
+        held.scores(np.array([50]))
     # scored a block of models at a time, the same numbers, for the models with 2+ images only
-    starts = np.arange(0, 55, 5)[:11].tolist() + [51]
-    blocks = list(held.per_model(emb, np.array(starts), block=7))
+    assert held.starts.tolist() == np.arange(0, 55, 5)[:11].tolist() + [51]
+    blocks = list(held.per_model(block=7))
     assert [k for k, _ in blocks] == list(range(10))
     np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), scores)
 

@@ -13,7 +13,7 @@ import numpy as np
 from fpt.metrics.verification import cosine_matrix, l2_normalise, roc_auc
 
 __all__ = ["macro_f1", "open_set_auroc", "k_shot_split", "identify_k_shot", "IdentificationResult", "fingerprints",
-           "gallery_scores"]
+           "gallery_scores", "whitened_fingerprints"]
 
 
 def macro_f1(y_true, y_pred, labels=None) -> float:
@@ -94,16 +94,25 @@ def gallery_scores(emb: np.ndarray, labels, gal: np.ndarray, probe: np.ndarray,
     which the enrolled images of one model vary are scaled down before ranking. Without it, or
     when the gallery cannot fit one (:func:`fpt.metrics.within_class.can_whiten`), they are the raw cosines.
     """
-    from fpt.metrics.within_class import can_whiten, fit_within_class
+    from fpt.metrics.within_class import can_whiten
 
     labels = np.asarray(labels)
     classes, fp = fingerprints(emb, labels, gal)
     raw = cosine_matrix(emb[probe], fp)
     if shrinkage is None or not can_whiten(labels[gal]):
         return classes, raw, raw
-    w = fit_within_class(emb[gal], labels[gal], shrinkage)
-    _, wfp = fingerprints(w.apply(emb[gal]), labels[gal], np.arange(gal.size))
+    w, _, wfp = whitened_fingerprints(emb[gal], labels[gal], shrinkage)
     return classes, raw, cosine_matrix(w.apply(emb[probe]), wfp)
+
+
+def whitened_fingerprints(emb: np.ndarray, labels, shrinkage: float):
+    """A within-class whitening fitted on ``emb`` and the mean whitened embedding per class:
+    ``(whitening, classes, (C, d) unit fingerprints)``, classes sorted."""
+    from fpt.metrics.within_class import fit_within_class
+
+    w = fit_within_class(emb, labels, shrinkage)
+    classes, fps = fingerprints(w.apply(emb), labels, np.arange(len(emb)))
+    return w, classes, fps
 
 
 def identify_k_shot(emb: np.ndarray, labels, k: int = 10, rng: np.random.Generator | None = None,
