@@ -86,7 +86,12 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     vals = np.take_along_axis(scores, part, axis=1)
-    return np.take_along_axis(part, np.lexsort((part, -vals), axis=-1), axis=1)
+    out = np.take_along_axis(part, np.lexsort((part, -vals), axis=-1), axis=1)
+    # argpartition picks any of the columns tied with the k-th score: where more columns hold it
+    # than were picked, the row is sorted in full (rare for cosines, common for shares of images)
+    for r in np.flatnonzero(np.sum(scores >= vals.min(axis=1)[:, None], axis=1) > k):
+        out[r] = np.argsort(-scores[r], kind="stable")[:k]
+    return out
 
 
 def _model_images(g: Gallery) -> int:

@@ -300,3 +300,7 @@ def test_top_k_indices_equals_a_full_sort():
     rng = np.random.default_rng(0)
     big = rng.random((20, 5000)).astype(np.float32)
     np.testing.assert_array_equal(top_k_indices(big, 5), np.argsort(-big, axis=1, kind="stable")[:, :5])
+    # shares of a model's images (the gallery check's confusions) tie often, also at the k-th place
+    shares = (rng.integers(0, 10, size=(50, 300)) / 10).astype(np.float32)
+    for k in (1, 3, 7):
+        np.testing.assert_array_equal(top_k_indices(shares, k), np.argsort(-shares, axis=1, kind="stable")[:, :k])
