@@ -23,7 +23,7 @@ import numpy as np
 from fpt.calibration import DEFAULT_MIN_LOG10_LR, LogisticCalibration
 from fpt.cohort import Cohort
 from fpt.errors import InputError
-from fpt.gallery import DEFAULT_FAR, Gallery
+from fpt.gallery import DEFAULT_FAR, Gallery, leave_one_out_scores
 from fpt.metrics.identification import whitened_fingerprints
 from fpt.metrics.verification import best_accuracy, cosine_matrix, l2_normalise, set_pairs, threshold_at_far
 from fpt.metrics.within_class import WithinClassWhitening, can_whiten
@@ -499,58 +499,52 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
                        ranked_by="cosine" if held is None else rank, kept_per_model=CONFUSIONS_PER_MODEL)
     fps64 = fps.astype(np.float64)
     held_rows = held.per_model() if held is not None else None
-    for mi, name in enumerate(names):
-        m = g.models[name]
-        if m.count < 2:
-            continue
-        e = l2_normalise(m.embeddings.astype(np.float64))
-        loo = l2_normalise(e.sum(axis=0)[None, :] - e)  # own fingerprint without each image
-        # one (images, models) product per model, not a copy of the other models' fingerprints:
-        # a gallery may hold 10^4 models
-        other_idx = np.delete(np.arange(len(names)), mi)
-        raw_other = (e @ fps64.T)[:, other_idx]
-        raw_gen = np.sum(e * loo, axis=1)
+    for s in leave_one_out_scores(g):
+        mi, name, e, raw = s.index, names[s.index], s.emb, s.raw
+        # columns follow g.names(); the model's own column is set to -inf once its scores are read,
+        # so that maxima, shares and flags run over the other models without copying them out
         if use_cohort:
-            others = fps64[other_idx]
-            ext_p = np.hstack([e @ cfp.T, raw_other])
-            ext_m = np.hstack([loo @ cfp.T, loo @ others.T])
+            others = np.delete(fps64, mi, axis=0)
+            ext_p = np.hstack([e @ cfp.T, np.delete(raw, mi, axis=1)])
+            ext_m = np.hstack([s.loo @ cfp.T, s.loo @ others.T])
             ps, ms = cohort_stats(ext_p, top_n), cohort_stats(ext_m, top_n)
-            gen = cal.log10_lr(0.5 * ((raw_gen - ps.mean) / ps.std + (raw_gen - ms.mean) / ms.std))
-            if others.shape[0]:
-                _, norm = normalised_scores(e, others, cfp, top_n)
-                other_scores = cal.log10_lr(norm)
-            else:
-                other_scores = np.full((m.count, 0), -np.inf)
+            gen = cal.log10_lr(0.5 * ((s.own - ps.mean) / ps.std + (s.own - ms.mean) / ms.std))
+            norm = normalised_scores(e, others, cfp, top_n)[1] if others.shape[0] else np.zeros((len(e), 0))
+            other_scores = np.insert(cal.log10_lr(norm), mi, -np.inf, axis=1)
+            raw[:, mi] = -np.inf
         else:
-            gen = raw_gen
-            other_scores = raw_other
+            raw[:, mi] = -np.inf
+            gen, other_scores = s.own, raw
             if gal_cal is not None:
-                gen, other_scores = gal_cal.log10_lr(gen), gal_cal.log10_lr(other_scores)
-        best_other = other_scores.max(axis=1) if other_scores.shape[1] else np.full(m.count, -np.inf)
+                gen, other_scores = gal_cal.log10_lr(gen), gal_cal.log10_lr(raw)
+                other_scores[:, mi] = -np.inf
+        best_other = other_scores.max(axis=1)
         if held is None:
-            rank_own, rank_other = raw_gen, raw_other
+            rank_own, rank_other = s.own, raw
         else:
             k, rows = next(held_rows)
             assert k == mi  # both walk the models with 2+ images in g.names() order
-            rank_own, rank_other = rows[:, mi], np.delete(rows, mi, axis=1)
+            rank_own, rank_other = rows[:, mi].copy(), rows
+            rank_other[:, mi] = -np.inf
         gen_all.append(gen)
         imp_all.append(best_other)
-        ok_all.append(np.all(rank_own[:, None] > rank_other, axis=1))
+        ok_all.append(rank_own > rank_other.max(axis=1))
         if level is not None:
             rejected = int(np.sum(gen < level))
-            if rejected and rejected >= MIXED_SHARE * m.count:
-                out.disagreeing[name] = (rejected, m.count)
+            if rejected and rejected >= MIXED_SHARE * len(e):
+                out.disagreeing[name] = (rejected, len(e))
         share = np.mean(rank_other >= rank_own[:, None], axis=0)
         taken = None if level is None else np.mean(other_scores >= level, axis=0)
         flagged = share >= CONFUSED_SHARE
         if taken is not None:
             flagged |= taken >= CONFUSED_SHARE
+        flagged[mi] = False
         flagged = np.flatnonzero(flagged)
         out.confused_pairs += int(flagged.size)
         worst = np.maximum(share, taken) if taken is not None else share
-        for j in flagged[np.argsort(-worst[flagged], kind="stable")[:CONFUSIONS_PER_MODEL]]:
-            oi = other_idx[j]
-            out.confusions.append(ModelConfusion(name, names[oi], float(share[j]), float(np.dot(fps[mi], fps[oi])),
+        # a partial sort: in a gallery this extractor cannot separate, every other model is flagged
+        for j in flagged[top_k_indices(worst[flagged][None, :], CONFUSIONS_PER_MODEL)[0]]:
+            out.confusions.append(ModelConfusion(name, names[j], float(share[j]), float(np.dot(fps[mi], fps[j])),
                                                  None if taken is None else float(taken[j])))
     if gen_all:
         gen, imp, ok = np.concatenate(gen_all), np.concatenate(imp_all), np.concatenate(ok_all)

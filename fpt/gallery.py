@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from fpt.errors import ExtractorMismatchError, InputError, StoreError
+from fpt.metrics.verification import l2_normalise
 from fpt.storage import atomic_path, check_writable, init_store, open_store, real_path, store_lock
 
 KIND = "gallery"
@@ -317,33 +318,70 @@ def rename_model(g: Gallery, old: str, new: str) -> None:
 # ---------------------------------------------------------------- calibration
 
 
+#: elements (images x models) of one block of the leave-one-out passes: about 32 MB of float64
+#: scores however many models are enrolled. One product per model would stream every fingerprint
+#: from memory once per model (a gallery may hold 10^4 models); blocks of images make it one
+#: compute-bound matrix product per block.
+LOO_BLOCK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class LeaveOneOutScores:
+    """One enrolled model's images scored against the gallery (:func:`leave_one_out_scores`)."""
+
+    index: int  # the model's position in ``g.names()``
+    emb: np.ndarray  # (n, D) float64, its unit embeddings
+    loo: np.ndarray  # (n, D) its model's unit fingerprint rebuilt without each image
+    own: np.ndarray  # (n,) cosine of each image to that leave-one-out fingerprint
+    raw: np.ndarray  # (n, models) cosine of each image to every model's fingerprint, its own
+    #                  column included (with the image): the caller's to modify
+
+
+def leave_one_out_scores(g: Gallery, block_elements: int | None = None) -> Iterator[LeaveOneOutScores]:
+    """:class:`LeaveOneOutScores` of every model with 2+ images, in ``g.names()`` order, computed
+    a block of about ``block_elements`` (default :data:`LOO_BLOCK_ELEMENTS`) / models images at a
+    time, in float64 as identify scores (the blocking changes a score by rounding at most)."""
+    block_elements = LOO_BLOCK_ELEMENTS if block_elements is None else block_elements
+    names, fps = g.fingerprint_matrix()
+    fps64 = fps.astype(np.float64)
+    counts = [g.models[n].count for n in names]
+    rows_per_block = max(1, block_elements // max(1, len(names)))
+    lo = 0
+    while lo < len(names):
+        hi, rows = lo + 1, counts[lo]
+        while hi < len(names) and rows + counts[hi] <= rows_per_block:
+            rows += counts[hi]
+            hi += 1
+        members = [i for i in range(lo, hi) if counts[i] >= 2]
+        if members:
+            embs = [l2_normalise(g.models[names[i]].embeddings.astype(np.float64)) for i in members]
+            block = np.concatenate(embs) @ fps64.T
+            start = 0
+            for i, e in zip(members, embs):
+                loo = l2_normalise(e.sum(axis=0)[None, :] - e)
+                yield LeaveOneOutScores(i, e, loo, np.sum(e * loo, axis=1), block[start:start + len(e)])
+                start += len(e)
+        lo = hi
+
+
 def calibration_scores(g: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leave-one-out scores over the gallery's own images.
 
     For every image of a model with >= 2 images: the *genuine* score is its cosine to its own
     model's fingerprint recomputed without it; the *impostor* score is its best cosine to any
     other model's fingerprint (as if its model were not enrolled: exactly the open-set "unknown"
-    case). Also returns whether the image would be identified correctly (own LOO score beats
-    every other model).
+    case; -1 with one model enrolled). Also returns whether the image would be identified
+    correctly (own LOO score beats every other model).
     """
-    names, fps = g.fingerprint_matrix()
-    gen, imp, correct = [], [], []
-    for mi, name in enumerate(names):
-        m = g.models[name]
-        if m.count < 2:
-            continue
-        e = _unit(m.embeddings)
-        total = e.sum(axis=0)
-        loo = _unit(total[None, :] - e)  # (n, D) own fingerprint without each image
-        own = np.sum(e * loo, axis=1)
-        # one (images, models) product, not a copy of the other models' fingerprints per model
-        best_other = np.delete(e @ fps.T, mi, axis=1).max(axis=1) if len(names) > 1 else np.full(m.count, -1.0)
-        gen.append(own)
-        imp.append(best_other)
-        correct.append(own > best_other)
+    gen, imp = [], []
+    for s in leave_one_out_scores(g):
+        s.raw[:, s.index] = -np.inf
+        gen.append(s.own)
+        imp.append(s.raw.max(axis=1) if s.raw.shape[1] > 1 else np.full(len(s.own), -1.0))
     if not gen:
         return np.zeros(0), np.zeros(0), np.zeros(0, bool)
-    return np.concatenate(gen), np.concatenate(imp), np.concatenate(correct)
+    gen, imp = np.concatenate(gen), np.concatenate(imp)
+    return gen, imp, gen > imp
 
 
 def calibrate(g: Gallery, far: float = DEFAULT_FAR) -> Calibration:

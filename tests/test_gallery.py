@@ -247,6 +247,48 @@ def test_calibration_leave_one_out_known_answer():
     assert cal.loo_accuracy == 1.0 and g.calibration is cal
 
 
+def test_leave_one_out_scores_match_direct_products_for_any_block_size(rng, monkeypatch):
+    import fpt.attribution as attribution
+    import fpt.gallery as gallery
+
+    g = Gallery(Path("x"))
+    centres = {f"m{i}": rng.normal(size=16) for i in range(7)}
+    for name, e in _clustered(rng, centres, n=5, noise=0.6).items():
+        g.models[name] = ModelEntry(name, e.astype(np.float32))
+    g.models["single"] = ModelEntry("single", _clustered(rng, {"s": rng.normal(size=16)}, n=1, noise=0.6)["s"])
+    names, fps = g.fingerprint_matrix()
+    fps64 = fps.astype(np.float64)
+    seen = []
+    for block in (1, 16, 10**6):  # one model per block, a few, all at once
+        got = list(gallery.leave_one_out_scores(g, block_elements=block))
+        assert [s.index for s in got] == [names.index(n) for n in names if n != "single"]
+        for s in got:
+            e = g.models[names[s.index]].embeddings.astype(np.float64)
+            e /= np.linalg.norm(e, axis=1, keepdims=True)
+            np.testing.assert_allclose(s.raw, e @ fps64.T, rtol=0, atol=1e-12)
+            for j in range(len(e)):  # the image's own model rebuilt from its other images
+                rest = np.delete(e, j, axis=0).sum(axis=0)
+                assert s.own[j] == pytest.approx(e[j] @ rest / np.linalg.norm(rest), abs=1e-12)
+        monkeypatch.setattr(gallery, "LOO_BLOCK_ELEMENTS", block)
+        check = attribution.check_gallery(g)
+        np.testing.assert_allclose(calibration_scores(g)[1], _reference_impostors(g), rtol=0, atol=1e-12)
+        seen.append((check.expected_far, check.expected_frr, check.loo_accuracy,
+                     [(c.model, c.other, c.share, c.accepted_share) for c in check.confusions], check.confused_pairs))
+    assert seen[0] == seen[1] == seen[2]
+
+
+def _reference_impostors(g: Gallery) -> np.ndarray:
+    """Each image's best cosine to another model's fingerprint, one model at a time."""
+    names, fps = g.fingerprint_matrix()
+    out = []
+    for i, n in enumerate(names):
+        e = g.models[n].embeddings.astype(np.float64)
+        if len(e) >= 2:
+            e /= np.linalg.norm(e, axis=1, keepdims=True)
+            out.append(np.delete(e @ fps.astype(np.float64).T, i, axis=1).max(axis=1))
+    return np.concatenate(out)
+
+
 def test_calibration_hits_requested_far(rng):
     g = Gallery(Path("x"))
     centres = {f"m{i}": rng.normal(size=16) for i in range(6)}
