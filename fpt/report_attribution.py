@@ -18,17 +18,19 @@ from fpt.report import console, format_lr, gallery_check_messages, literal, prin
 
 
 def render_enrolment(res: Any, chk: Any, *, json_out: bool) -> None:
-    """``fpt enroll``'s result (a fpt.api.Enrolment) and the gallery check after it (fpt.attribution.check_gallery)."""
-    rates, warnings = gallery_check_messages(chk)
+    """``fpt enroll``'s result (a fpt.api.Enrolment) and the gallery check after it
+    (fpt.attribution.check_gallery; None: skipped)."""
+    rates, warnings = gallery_check_messages(chk) if chk is not None else (None, [])
+    decision = None if chk is None else {"rule": chk.rule, "level": chk.level, "expected_far": chk.expected_far,
+                                         "expected_frr": chk.expected_frr, "loo_accuracy": chk.loo_accuracy,
+                                         "ranked_by": chk.ranked_by}
     if json_out:
         print_json({"model": res.model, "gallery": str(res.gallery), "added": res.added,
                     "already_enrolled": res.already_enrolled,
                     "failed": [{"path": str(f.path), "error": f.reason} for f in res.failures],
                     "images": res.total, "low_confidence": res.low_confidence,
                     "threshold": res.threshold,
-                    "decision": {"rule": chk.rule, "level": chk.level, "expected_far": chk.expected_far,
-                                 "expected_frr": chk.expected_frr, "loo_accuracy": chk.loo_accuracy,
-                                 "ranked_by": chk.ranked_by},
+                    "decision": decision,
                     "warnings": warnings})
         return
     console.print(f"enrolled [bold]{literal(res.model)}[/bold]: {res.added} new image(s), {res.already_enrolled} "
@@ -41,6 +43,9 @@ def render_enrolment(res: Any, chk: Any, *, json_out: bool) -> None:
         warn(f"{res.model} has {res.total} image(s); 10 or more make a much more reliable fingerprint")
     if rates:
         console.print(rates, markup=False)
+    if chk is None:
+        console.print("gallery check skipped (--no-check): `fpt gallery calibrate` reports the expected error "
+                      "rates and the models this extractor cannot tell apart", markup=False)
     for w in warnings:
         warn(w)
 

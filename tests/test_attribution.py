@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_embed import FakeExtractor, real_extractor, save_png, write_model_folder
+from test_embed import FakeExtractor, model_images, real_extractor, save_png, write_model_folder
 
 import fpt.cli.attribution as cli_attr
 from fpt.attribution import identify_embeddings, lineage, verify_embeddings
@@ -117,7 +117,6 @@ def test_reenroll_noop_and_per_file_failures(gallery, data, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_text("nope")
     extra = tmp_path / "extra.png"
-    from test_embed import model_images
 
     save_png(model_images(0, 1, 64, seed=9)[0], extra)
     code, res = _run_json(capsys, ["enroll", "model0", str(bad), str(extra), "--gallery", str(gallery)])
@@ -275,7 +274,6 @@ def test_interrupted_enroll_keeps_committed_chunks_and_resumes(data, tmp_path, m
 
 
 def test_small_image_flagged_low_confidence(gallery, tmp_path, capsys):
-    from test_embed import model_images
 
     p = save_png(model_images(1, 1, 64, seed=5)[0][:, :20, :24], tmp_path / "small.png")  # < 32 px window
     code, res = _run_json(capsys, ["identify", str(p), "--gallery", str(gallery), "--threshold", "-1"])
@@ -293,6 +291,32 @@ def test_enroll_reports_the_threshold_it_stored(data, tmp_path, fake, capsys):
         reported.append(res["threshold"])
     assert reported[0] is None  # one model: nothing to calibrate against
     assert reported[2] == pytest.approx(load_gallery(g).calibration.threshold)
+
+
+def test_enroll_check_follows_rank_and_can_be_skipped(data, tmp_path, fake, capsys):
+    """The check after enrolling measures the ranking asked for; --no-check skips it but the
+    stored calibration still follows the change; a bad --rank changes nothing."""
+    _, enroll, _ = data
+    g = tmp_path / "g.h5"
+    for m in range(2):
+        code, res = _run_json(capsys, ["enroll", f"model{m}", str(enroll[m]), "--gallery", str(g), "--rank", "cosine"])
+        assert code == 0
+    assert res["decision"]["ranked_by"] == "cosine" and res["decision"]["loo_accuracy"] is not None
+    code, res = _run_json(capsys, ["enroll", "model2", str(enroll[2]), "--gallery", str(g), "--no-check"])
+    assert code == 0 and res["added"] == 12 and res["decision"] is None and res["warnings"] == []
+    assert res["threshold"] == pytest.approx(load_gallery(g).calibration.threshold)
+    extra = tmp_path / "extra.png"
+    save_png(model_images(2, 1, 64, seed=11)[0], extra)
+    assert main(["enroll", "model2", str(extra), "--gallery", str(g), "--no-check"]) == 0
+    out = capsys.readouterr().out
+    assert "gallery check skipped (--no-check)" in out and "false-accept rate" not in out
+    code, res = _run_json(capsys, ["gallery", "calibrate", "--gallery", str(g), "--rank", "cosine"])
+    assert code == 0 and res["decision"]["ranked_by"] == "cosine"
+    before = g.read_bytes()
+    assert main(["enroll", "model3", str(enroll[3]), "--gallery", str(g), "--rank", "best"]) == 2
+    assert main(["gallery", "calibrate", "--gallery", str(g), "--rank", "best"]) == 2
+    assert "ranking must be one of whitened, cosine, not 'best'" in capsys.readouterr().err
+    assert g.read_bytes() == before
 
 
 def test_identify_and_embed_fail_when_no_input_is_readable(gallery, tmp_path, capsys):

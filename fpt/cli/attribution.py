@@ -205,13 +205,24 @@ def enroll_cmd(
     device: DeviceOpt = "auto",
     windows: WindowsOpt = None,
     batch_size: BatchSizeOpt = 64,
+    rank: RankOpt = "whitened",
+    no_check: bool = typer.Option(False, "--no-check", help=(
+        "Skip the gallery check after enrolling (expected error rates and accuracy, models it cannot tell apart): "
+        "for scripted enrolment of many models into a large gallery, where the check costs most of the time; "
+        "`fpt gallery calibrate` runs it once at the end.")),
     json_out: JsonOpt = False,
 ) -> None:
-    """Enroll a model from its images (re-enrolling an image already there is a no-op)."""
+    """Enroll a model from its images (re-enrolling an image already there is a no-op).
+
+    Then checks the whole gallery: the expected false-accept / false-reject rates of the decision,
+    the expected top-1 accuracy under --rank (the ranking `fpt identify --rank` uses), and which
+    models it cannot tell apart.
+    """
     from fpt.api import enroll
     from fpt.gallery import parse_meta, writable_gallery_path
     from fpt.report import progress
 
+    _check_rank(rank)
     gpath = writable_gallery_path(gallery)  # before the slow part (and torch's import)
     meta_d = parse_meta(meta)
     from fpt.images import find_images
@@ -225,7 +236,7 @@ def enroll_cmd(
     from fpt.attribution import check_gallery
     from fpt.report_attribution import render_enrolment
 
-    render_enrolment(res, check_gallery(res.final), json_out=json_out)
+    render_enrolment(res, None if no_check else check_gallery(res.final, rank=rank), json_out=json_out)
 
 
 # ---------------------------------------------------------------- identify

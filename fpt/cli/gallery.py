@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from fpt.cli.attribution import _gallery_path
-from fpt.cli.options import HALF_OPEN_UNIT, GalleryOpt, JsonOpt
+from fpt.cli.options import HALF_OPEN_UNIT, GalleryOpt, JsonOpt, RankOpt
 
 
 def _short_date(iso: str) -> str:
@@ -118,6 +118,7 @@ def gallery_import(
 def gallery_calibrate(
     far: float = typer.Option(0.05, "--far", callback=HALF_OPEN_UNIT, help="False-accept rate to allow for unknown images, in [0, 1)."),
     gallery: GalleryOpt = None,
+    rank: RankOpt = "whitened",
     json_out: JsonOpt = False,
 ) -> None:
     """Choose and store the identification threshold from the gallery's own images.
@@ -126,10 +127,12 @@ def gallery_calibrate(
     without it (genuine) and against the best other model (as if its model were unknown:
     impostor). The threshold lets through at most --far of the impostors.
     """
-    from fpt.attribution import check_gallery, verify_threshold
+    from fpt.attribution import check_gallery, rank_shrinkage, verify_threshold
+    from fpt.errors import InputError
     from fpt.gallery import calibrate, edit_gallery
     from fpt.report import gallery_check_messages, print_json
 
+    rank_shrinkage(rank)  # a bad --rank fails before the gallery is touched
     with edit_gallery(_gallery_path(gallery)) as g:
         cal = calibrate(g, far)
     vrows = []
@@ -137,9 +140,9 @@ def gallery_calibrate(
         try:
             v = verify_threshold(g, n_s, far)
             vrows.append(v)
-        except Exception:
+        except (InputError, ValueError):  # too few images for sets of n_s: no row
             pass
-    chk = check_gallery(g)
+    chk = check_gallery(g, rank=rank)
     rates, warnings = gallery_check_messages(chk)
     if json_out:
         print_json({"identification": cal, "verification": vrows, "decision": chk, "warnings": warnings})
