@@ -319,6 +319,19 @@ def test_enroll_check_follows_rank_and_can_be_skipped(data, tmp_path, fake, caps
     assert g.read_bytes() == before
 
 
+def test_calibrate_lists_each_verification_set_size_once(tmp_path, capsys):
+    """N_S is capped at half a model's images: with 8 per model, N_S=5 and N_S=10 are both 4."""
+    from fpt.gallery import edit_gallery
+
+    rng = np.random.default_rng(0)
+    with edit_gallery(tmp_path / "g.h5", create=True) as g:
+        for m in range(3):
+            e = (rng.normal(size=16) + 0.5 * rng.normal(size=(8, 16))).astype(np.float32)
+            g.models[f"m{m}"] = ModelEntry(f"m{m}", e / np.linalg.norm(e, axis=1, keepdims=True))
+    code, res = _run_json(capsys, ["gallery", "calibrate", "--gallery", str(tmp_path / "g.h5")])
+    assert code == 0 and [r["n_s"] for r in res["verification"]] == [1, 4]
+
+
 def test_identify_and_embed_fail_when_no_input_is_readable(gallery, tmp_path, capsys):
     """Per-file failures are skipped, but a run where every file failed exits non-zero with one line."""
     bogus = tmp_path / "not-an-image.png"

@@ -236,7 +236,12 @@ def enroll_cmd(
     from fpt.attribution import check_gallery
     from fpt.report_attribution import render_enrolment
 
-    render_enrolment(res, None if no_check else check_gallery(res.final, rank=rank), json_out=json_out)
+    chk = None
+    if not no_check:  # seconds to minutes on a large gallery: say what is happening
+        with progress(transient=True, disable=json_out) as prog:
+            prog.add_task(f"checking the gallery ({len(res.final.models)} models)", total=None)
+            chk = check_gallery(res.final, rank=rank)
+    render_enrolment(res, chk, json_out=json_out)
 
 
 # ---------------------------------------------------------------- identify

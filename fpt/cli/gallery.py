@@ -130,7 +130,7 @@ def gallery_calibrate(
     from fpt.attribution import check_gallery, rank_shrinkage, verify_threshold
     from fpt.errors import InputError
     from fpt.gallery import calibrate, edit_gallery
-    from fpt.report import gallery_check_messages, print_json
+    from fpt.report import gallery_check_messages, print_json, progress
 
     rank_shrinkage(rank)  # a bad --rank fails before the gallery is touched
     with edit_gallery(_gallery_path(gallery)) as g:
@@ -139,10 +139,13 @@ def gallery_calibrate(
     for n_s in (1, 5, 10):
         try:
             v = verify_threshold(g, n_s, far)
-            vrows.append(v)
         except (InputError, ValueError):  # too few images for sets of n_s: no row
-            pass
-    chk = check_gallery(g, rank=rank)
+            continue
+        if all(r.n_s != v.n_s for r in vrows):  # n_s is capped at what the gallery supplies: one row each
+            vrows.append(v)
+    with progress(transient=True, disable=json_out) as prog:
+        prog.add_task(f"checking the gallery ({len(g.models)} models)", total=None)
+        chk = check_gallery(g, rank=rank)
     rates, warnings = gallery_check_messages(chk)
     if json_out:
         print_json({"identification": cal, "verification": vrows, "decision": chk, "warnings": warnings})
