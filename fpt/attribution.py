@@ -23,7 +23,7 @@ import numpy as np
 from fpt.calibration import DEFAULT_MIN_LOG10_LR, LogisticCalibration
 from fpt.cohort import Cohort
 from fpt.errors import InputError
-from fpt.gallery import DEFAULT_FAR, Gallery, leave_one_out_scores
+from fpt.gallery import DEFAULT_FAR, Gallery, leave_one_out_scores, model_blocks
 from fpt.metrics.identification import whitened_fingerprints
 from fpt.metrics.verification import best_accuracy, cosine_matrix, l2_normalise, set_pairs, threshold_at_far
 from fpt.metrics.within_class import WithinClassWhitening, can_whiten
@@ -184,20 +184,15 @@ class HeldOutRanking:
         """``(model index, held-out scores of its images)`` for every model with 2+ images, in
         order. Scored about ``block`` images at a time: one call per model would cost a few numpy
         calls per fold per model, and all at once an images x models matrix."""
-        starts, n_models = self.starts, len(self.starts) - 1
-        lo = 0
-        while lo < n_models:
-            hi = lo + 1
-            while hi < n_models and starts[hi + 1] - starts[lo] <= block:
-                hi += 1
+        starts = self.starts
+        for lo, hi in model_blocks(np.diff(starts), block):
             rows = np.arange(starts[lo], starts[hi])
             held = self.fold[rows] >= 0
-            scores = np.full((rows.size, n_models), np.nan, np.float32)
+            scores = np.full((rows.size, len(starts) - 1), np.nan, np.float32)
             scores[held] = self.scores(rows[held])
             for k in range(lo, hi):
                 if starts[k + 1] - starts[k] >= 2:
                     yield k, scores[starts[k] - starts[lo]:starts[k + 1] - starts[lo]]
-            lo = hi
 
 
 def held_out_ranking(g: Gallery, shrinkage: float = GALLERY_WHITENING_SHRINKAGE,
@@ -497,12 +492,13 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
     gen_all, imp_all, ok_all = [], [], []
     out = GalleryCheck("lr" if use_lr else "raw", level, None, None, None,
                        ranked_by="cosine" if held is None else rank, kept_per_model=CONFUSIONS_PER_MODEL)
-    fps64 = fps.astype(np.float64)
+    fps64 = fps.astype(np.float64) if use_cohort else None
     held_rows = held.per_model() if held is not None else None
     for s in leave_one_out_scores(g):
         mi, name, e, raw = s.index, names[s.index], s.emb, s.raw
-        # columns follow g.names(); the model's own column is set to -inf once its scores are read,
+        # columns follow g.names(); the model's own column is set to -inf (the own score is s.own),
         # so that maxima, shares and flags run over the other models without copying them out
+        raw[:, mi] = -np.inf
         if use_cohort:
             others = np.delete(fps64, mi, axis=0)
             ext_p = np.hstack([e @ cfp.T, np.delete(raw, mi, axis=1)])
@@ -511,9 +507,7 @@ def check_gallery(g: Gallery, cohort: Cohort | None = None, min_log10_lr: float 
             gen = cal.log10_lr(0.5 * ((s.own - ps.mean) / ps.std + (s.own - ms.mean) / ms.std))
             norm = normalised_scores(e, others, cfp, top_n)[1] if others.shape[0] else np.zeros((len(e), 0))
             other_scores = np.insert(cal.log10_lr(norm), mi, -np.inf, axis=1)
-            raw[:, mi] = -np.inf
         else:
-            raw[:, mi] = -np.inf
             gen, other_scores = s.own, raw
             if gal_cal is not None:
                 gen, other_scores = gal_cal.log10_lr(gen), gal_cal.log10_lr(raw)

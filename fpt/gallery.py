@@ -337,6 +337,19 @@ class LeaveOneOutScores:
     #                  column included (with the image): the caller's to modify
 
 
+def model_blocks(counts, max_rows: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges ``[lo, hi)`` of models whose images (``counts``, in order) total at most
+    ``max_rows``; a model with more images than that is a block on its own."""
+    lo, n = 0, len(counts)
+    while lo < n:
+        hi, rows = lo + 1, counts[lo]
+        while hi < n and rows + counts[hi] <= max_rows:
+            rows += counts[hi]
+            hi += 1
+        yield lo, hi
+        lo = hi
+
+
 def leave_one_out_scores(g: Gallery, block_elements: int | None = None) -> Iterator[LeaveOneOutScores]:
     """:class:`LeaveOneOutScores` of every model with 2+ images, in ``g.names()`` order, computed
     a block of about ``block_elements`` (default :data:`LOO_BLOCK_ELEMENTS`) / models images at a
@@ -345,23 +358,17 @@ def leave_one_out_scores(g: Gallery, block_elements: int | None = None) -> Itera
     names, fps = g.fingerprint_matrix()
     fps64 = fps.astype(np.float64)
     counts = [g.models[n].count for n in names]
-    rows_per_block = max(1, block_elements // max(1, len(names)))
-    lo = 0
-    while lo < len(names):
-        hi, rows = lo + 1, counts[lo]
-        while hi < len(names) and rows + counts[hi] <= rows_per_block:
-            rows += counts[hi]
-            hi += 1
+    for lo, hi in model_blocks(counts, max(1, block_elements // max(1, len(names)))):
         members = [i for i in range(lo, hi) if counts[i] >= 2]
-        if members:
-            embs = [l2_normalise(g.models[names[i]].embeddings.astype(np.float64)) for i in members]
-            block = np.concatenate(embs) @ fps64.T
-            start = 0
-            for i, e in zip(members, embs):
-                loo = l2_normalise(e.sum(axis=0)[None, :] - e)
-                yield LeaveOneOutScores(i, e, loo, np.sum(e * loo, axis=1), block[start:start + len(e)])
-                start += len(e)
-        lo = hi
+        if not members:
+            continue
+        embs = [l2_normalise(g.models[names[i]].embeddings.astype(np.float64)) for i in members]
+        block = np.concatenate(embs) @ fps64.T
+        start = 0
+        for i, e in zip(members, embs):
+            loo = l2_normalise(e.sum(axis=0)[None, :] - e)
+            yield LeaveOneOutScores(i, e, loo, np.sum(e * loo, axis=1), block[start:start + len(e)])
+            start += len(e)
 
 
 def calibration_scores(g: Gallery) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

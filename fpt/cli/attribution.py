@@ -233,15 +233,20 @@ def enroll_cmd(
         task = prog.add_task(f"enrolling {model}", total=len(files))
         res = enroll(model, files, gpath, ex, meta=meta_d, windows=windows, batch_size=batch_size,
                      on_done=lambda _p: prog.advance(task), on_failure=_report_failure)
-    from fpt.attribution import check_gallery
     from fpt.report_attribution import render_enrolment
 
-    chk = None
-    if not no_check:  # seconds to minutes on a large gallery: say what is happening
-        with progress(transient=True, disable=json_out) as prog:
-            prog.add_task(f"checking the gallery ({len(res.final.models)} models)", total=None)
-            chk = check_gallery(res.final, rank=rank)
-    render_enrolment(res, chk, json_out=json_out)
+    render_enrolment(res, None if no_check else check_with_status(res.final, rank, json_out), json_out=json_out)
+
+
+def check_with_status(g, rank: str, json_out: bool):
+    """:func:`fpt.attribution.check_gallery` under a spinner on stderr: it takes seconds to
+    minutes on a large gallery (none off a terminal or with --json)."""
+    from fpt.attribution import check_gallery
+    from fpt.report import progress
+
+    with progress(transient=True, disable=json_out) as prog:
+        prog.add_task(f"checking the gallery ({len(g.models)} models)", total=None)
+        return check_gallery(g, rank=rank)
 
 
 # ---------------------------------------------------------------- identify

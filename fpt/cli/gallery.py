@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from fpt.cli.attribution import _gallery_path
+from fpt.cli.attribution import _check_rank, _gallery_path, check_with_status
 from fpt.cli.options import HALF_OPEN_UNIT, GalleryOpt, JsonOpt, RankOpt
 
 
@@ -127,12 +127,12 @@ def gallery_calibrate(
     without it (genuine) and against the best other model (as if its model were unknown:
     impostor). The threshold lets through at most --far of the impostors.
     """
-    from fpt.attribution import check_gallery, rank_shrinkage, verify_threshold
+    from fpt.attribution import verify_threshold
     from fpt.errors import InputError
     from fpt.gallery import calibrate, edit_gallery
-    from fpt.report import gallery_check_messages, print_json, progress
+    from fpt.report import gallery_check_messages, print_json
 
-    rank_shrinkage(rank)  # a bad --rank fails before the gallery is touched
+    _check_rank(rank)
     with edit_gallery(_gallery_path(gallery)) as g:
         cal = calibrate(g, far)
     vrows = []
@@ -143,9 +143,7 @@ def gallery_calibrate(
             continue
         if all(r.n_s != v.n_s for r in vrows):  # n_s is capped at what the gallery supplies: one row each
             vrows.append(v)
-    with progress(transient=True, disable=json_out) as prog:
-        prog.add_task(f"checking the gallery ({len(g.models)} models)", total=None)
-        chk = check_gallery(g, rank=rank)
+    chk = check_with_status(g, rank, json_out)
     rates, warnings = gallery_check_messages(chk)
     if json_out:
         print_json({"identification": cal, "verification": vrows, "decision": chk, "warnings": warnings})
